@@ -1,0 +1,329 @@
+"""`tiktok-sync`: the command line for ops and upstream scripts (every read command has --json)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+import time
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from worker import api
+from worker.models import AT_REST, JobRecord, JobStatus
+from worker.secrets import new_key
+
+cli = typer.Typer(help="Keep TikTok custom audiences in step with CDP audiences.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+destination_cli = typer.Typer(help="Private destinations: a TikTok advertiser and its access token.",
+                              no_args_is_help=True)
+audience_cli = typer.Typer(help="Links between CDP audiences and TikTok audiences.", no_args_is_help=True)
+auth_cli = typer.Typer(help="TikTok OAuth: turn an auth code into an access token.", no_args_is_help=True)
+cli.add_typer(destination_cli, name="destination")
+cli.add_typer(audience_cli, name="audience")
+cli.add_typer(auth_cli, name="auth")
+out = Console()
+err = Console(stderr=True)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def _fail(message: str, code: int = 1) -> None:
+    err.print(f"[red]error:[/red] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _ts(value: float | None) -> str:
+    return dt.datetime.fromtimestamp(value, dt.UTC).strftime("%Y-%m-%d %H:%M:%S") if value else "-"
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def _guard(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    try:
+        return fn(*args, **kwargs)
+    except (LookupError, ValueError) as error:
+        _fail(str(error))
+    except Exception as error:
+        from worker.tiktok import TikTokError
+
+        if isinstance(error, TikTokError):
+            _fail(f"TikTok answered: {error}")
+        raise
+
+
+@cli.command()
+def keygen() -> None:
+    """Print a new TOKEN_ENCRYPTION_KEY (Fernet key)."""
+    print(new_key())
+
+
+# -- destinations -------------------------------------------------------------------------------------
+@destination_cli.command("add")
+def destination_add(
+    name: Annotated[str, typer.Option(help="A name people recognise")],
+    advertiser_id: Annotated[str, typer.Option(help="The TikTok advertiser (ad account) id")],
+    access_token: Annotated[str, typer.Option(help="The access token for that advertiser", envvar="TIKTOK_ACCESS_TOKEN")],
+    identifiers: Annotated[str, typer.Option(help="Identifiers sent: any of email,phone,idfa,gaid")] = "email,phone,idfa,gaid",
+    phone_region: Annotated[str | None, typer.Option(help="Default region for phones without country code")] = None,
+    rate: Annotated[float | None, typer.Option(help="Requests/s budget for this advertiser")] = None,
+    destination_id: Annotated[str | None, typer.Option("--id", help="Choose the id (default: generated)")] = None,
+    verify: Annotated[bool, typer.Option(help="Check token and advertiser with TikTok first")] = False,
+) -> None:
+    """Create a private destination; prints its id."""
+    dest = _guard(api.add_destination, name, advertiser_id, access_token,
+                  identifiers=[i.strip() for i in identifiers.split(",") if i.strip()], phone_region=phone_region,
+                  rate_per_second=rate, destination_id=destination_id, verify=verify)
+    print(dest.id)
+
+
+@destination_cli.command("list")
+def destination_list(json_: JsonOpt = False) -> None:
+    """List destinations (never their tokens)."""
+    dests = api.runtime().store.destinations()
+    if json_:
+        _print_json([d.model_dump() for d in dests])
+        return
+    table = Table("id", "name", "advertiser", "identifiers", "region", "status")
+    for d in dests:
+        table.add_row(d.id, d.name, d.advertiser_id, ",".join(d.identifiers), d.phone_region or "-", d.status)
+    out.print(table)
+
+
+@destination_cli.command("show")
+def destination_show(destination_id: str, json_: JsonOpt = False) -> None:
+    """Show one destination (without its token)."""
+    dest = _guard(api.runtime().store.require_destination, destination_id)
+    data = dest.model_dump()
+    if json_:
+        _print_json(data)
+    else:
+        for k, v in data.items():
+            out.print(f"{k:16} {v}", highlight=False)
+
+
+@destination_cli.command("update-token")
+def destination_update_token(
+    destination_id: str,
+    access_token: Annotated[str, typer.Option(envvar="TIKTOK_ACCESS_TOKEN")],
+    verify: Annotated[bool, typer.Option(help="Check the token with TikTok first")] = False,
+) -> None:
+    """Store a new access token and re-activate the destination (then `resume` its parked jobs)."""
+    _guard(api.update_token, destination_id, access_token, verify=verify)
+    print(f"destination {destination_id}: token updated, status active")
+
+
+@destination_cli.command("remove")
+def destination_remove(destination_id: str) -> None:
+    """Forget a destination (TikTok audiences are left as they are)."""
+    if not api.runtime().store.remove_destination(destination_id):
+        _fail(f"unknown destination {destination_id!r}")
+    print(f"removed {destination_id}")
+
+
+# -- audiences -----------------------------------------------------------------------------------------
+@audience_cli.command("link")
+def audience_link(
+    audience_id: str,
+    destination: Annotated[str, typer.Option(help="Destination id")],
+    tiktok_audience_id: Annotated[str | None, typer.Option(help="Use this TikTok audience (default: create one)")] = None,
+    name: Annotated[str | None, typer.Option(help="Name of the TikTok audience to create")] = None,
+    members: Annotated[str | None, typer.Option(help="Members URI for scheduled refreshes (strftime template)")] = None,
+    every: Annotated[float | None, typer.Option(help="Scheduled refresh every N seconds")] = None,
+) -> None:
+    """Link a CDP audience to a TikTok audience; prints the TikTok audience id."""
+    link = _guard(api.link_audience, destination, audience_id, tiktok_audience_id=tiktok_audience_id, name=name,
+                  members_uri=members, refresh_every_seconds=every)
+    print(link.tiktok_audience_id)
+
+
+@audience_cli.command("unlink")
+def audience_unlink(audience_id: str, destination: Annotated[str, typer.Option()]) -> None:
+    """Stop syncing an audience (the TikTok audience is left as it is)."""
+    if not api.runtime().store.remove_link(destination, audience_id):
+        _fail(f"audience {audience_id!r} is not linked to {destination!r}")
+    print(f"unlinked {audience_id}")
+
+
+@audience_cli.command("list")
+def audience_list(destination: Annotated[str | None, typer.Option()] = None, json_: JsonOpt = False) -> None:
+    """Linked audiences with last/next refresh and match rate."""
+    links = api.runtime().store.links(destination)
+    if json_:
+        _print_json([link.model_dump() for link in links])
+        return
+    table = Table("audience", "destination", "tiktok id", "last refresh", "next refresh", "synced", "matched")
+    for link in links:
+        table.add_row(link.audience_id, link.destination_id, link.tiktok_audience_id, _ts(link.last_refresh_at),
+                      _ts(link.next_refresh_at), str(link.synced_ids or "-"),
+                      f"{link.matched} ({link.matched / link.synced_ids:.0%})" if link.matched and link.synced_ids else "-")
+    out.print(table)
+
+
+# -- jobs ------------------------------------------------------------------------------------------------
+def _progress(job_id: str, timeout: float) -> JobRecord:
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err, transient=False) as bar:
+        task = bar.add_task(f"{job_id} queued", total=None)
+
+        def show(job: JobRecord) -> None:
+            total = job.count("batches_total") or None
+            bar.update(task, total=total, completed=job.count("batches_finished"),
+                       description=f"{job_id} {job.status}/{job.phase} rows={job.count('rows_read')}")
+
+        return api.wait_for(job_id, timeout=timeout, on_progress=show)
+
+
+@cli.command()
+def refresh(
+    audience_id: str,
+    destination: Annotated[str, typer.Option(help="Destination id")],
+    members: Annotated[str, typer.Option(help="Snapshot: path, file:// or http(s):// URI (.gz ok)")],
+    format: Annotated[str | None, typer.Option(help="csv or ndjson (default: from the name)")] = None,
+    job_id: Annotated[str | None, typer.Option(help="Idempotency key: the same id twice is one job")] = None,
+    wait: Annotated[bool, typer.Option(help="Show progress; exit non-zero unless the job succeeded")] = False,
+    dry_run: Annotated[bool, typer.Option(help="Report adds/removes, send nothing")] = False,
+    resync: Annotated[bool, typer.Option(help="Send every member again, whatever the ledger says")] = False,
+    allow_mass_delete: Annotated[bool, typer.Option(help="Skip the mass-delete guard")] = False,
+    timeout: Annotated[float, typer.Option(help="With --wait: give up after this many seconds")] = 3600,
+) -> None:
+    """Enqueue a refresh of one audience from a members snapshot; prints the job id."""
+    job = _guard(api.enqueue_refresh, destination, audience_id, members=members, format=format, job_id=job_id,
+                 dry_run=dry_run, resync=resync, allow_mass_delete=allow_mass_delete)
+    print(job)
+    if wait:
+        record = _progress(job, timeout)
+        _print_summary(record)
+        ok = record.status in (JobStatus.SUCCEEDED, JobStatus.DRY_RUN)
+        raise typer.Exit(0 if ok else 1)
+
+
+def _job_dict(job: JobRecord, batches: bool = False) -> dict[str, Any]:
+    data = job.model_dump(exclude={"counts"})
+    data["counts"] = job.summary()
+    if batches:
+        store = api.runtime().store
+        data["batches"] = [b.model_dump(by_alias=True) for b in store.batches(job.job_id)]
+        data["rejected_samples"] = store.reject_samples(job.job_id)
+    return data
+
+
+def _print_summary(job: JobRecord) -> None:
+    colour = {"succeeded": "green", "dry_run": "green", "held": "yellow", "running": "cyan"}.get(job.status, "red")
+    out.print(f"[bold]{job.job_id}[/bold] [{colour}]{job.status}[/{colour}]  {job.destination_id}/{job.audience_id}"
+              f"  created {_ts(job.created_at)}  finished {_ts(job.finished_at)}", highlight=False)
+    if job.message:
+        out.print(f"  {job.message}", highlight=False)
+    for key, value in job.summary().items():
+        if isinstance(value, dict):
+            out.print(f"  {key:18} " + ", ".join(f"{k}={v}" for k, v in value.items()), highlight=False)
+        else:
+            out.print(f"  {key:18} {value}", highlight=False)
+    if job.counts.get("matched") is not None and job.count("synced_ids"):
+        out.print(f"  match rate         {job.count('matched') / job.count('synced_ids'):.1%}", highlight=False)
+
+
+@cli.command()
+def status(
+    job_id: str,
+    json_: JsonOpt = False,
+    batches: Annotated[bool, typer.Option(help="Include every batch record")] = False,
+    follow: Annotated[bool, typer.Option(help="Show live progress until the job is at rest")] = False,
+) -> None:
+    """One job: status, counts, and (with --batches) every batch."""
+    if follow:
+        _progress(job_id, 86_400)
+    job = api.job(job_id)
+    if job is None:
+        _fail(f"unknown job {job_id!r}")
+        return
+    if json_:
+        _print_json(_job_dict(job, batches))
+        return
+    _print_summary(job)
+    if batches:
+        table = Table("batch", "action", "schema", "size", "state", "attempts", "code", "request id")
+        for b in api.runtime().store.batches(job_id):
+            table.add_row(b.batch_id, b.action, b.schema_, str(b.size), b.state, str(b.attempts),
+                          str(b.last_code if b.last_code is not None else "-"), b.request_id or "-")
+        out.print(table)
+
+
+@cli.command()
+def jobs(
+    audience: Annotated[str | None, typer.Option()] = None,
+    destination: Annotated[str | None, typer.Option()] = None,
+    limit: Annotated[int, typer.Option()] = 20,
+    json_: JsonOpt = False,
+) -> None:
+    """Recent jobs, newest first."""
+    records = api.runtime().store.jobs(destination, audience, limit)
+    if json_:
+        _print_json([_job_dict(j) for j in records])
+        return
+    table = Table("job", "status", "destination", "audience", "created", "rows", "adds", "removes", "batches")
+    for j in records:
+        s = j.summary()
+        table.add_row(j.job_id, str(j.status), j.destination_id, j.audience_id, _ts(j.created_at),
+                      str(j.count("rows_read")), str(sum(s.get("adds", {}).values())),
+                      str(sum(s.get("removes", {}).values())),
+                      f"{j.count('batches_succeeded')}/{j.count('batches_total')}")
+    out.print(table)
+
+
+@cli.command()
+def approve(job_id: str) -> None:
+    """Send a held job (mass-delete guard) as it is."""
+    _guard(api.approve, job_id)
+    print(f"{job_id}: approved, re-enqueued")
+
+
+@cli.command()
+def resume(job_id: str) -> None:
+    """Send an auth_failed job's parked batches (after update-token), or re-drive a stuck job."""
+    _guard(api.resume, job_id)
+    print(f"{job_id}: resumed")
+
+
+# -- auth ---------------------------------------------------------------------------------------------------
+@auth_cli.command("exchange")
+def auth_exchange(
+    auth_code: Annotated[str, typer.Option(help="The auth_code from TikTok's redirect (single use, ~10 min)")],
+    destination: Annotated[str | None, typer.Option(help="Store the token on this destination")] = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Exchange an auth code for an access token (TIKTOK_APP_ID / TIKTOK_APP_SECRET from settings)."""
+    rt = api.runtime()
+    from worker.tiktok import TikTokError
+
+    try:
+        data = rt.client.exchange_auth_code(auth_code)
+    except TikTokError as error:
+        _fail(f"TikTok refused the auth code: {error}. Auth codes are single-use and expire after about "
+              "10 minutes: ask the advertiser to authorise the app again and send the new code at once.")
+        return
+    advertisers = [str(a) for a in data.get("advertiser_ids", [])]
+    if destination:
+        _guard(api.update_token, destination, data["access_token"])
+    if json_:
+        _print_json({"advertiser_ids": advertisers, "stored_on": destination})
+    else:
+        print("advertiser ids granted: " + (", ".join(advertisers) or "none"))
+        if destination:
+            print(f"token stored on destination {destination}")
+        else:
+            print("token not stored: pass --destination D, or create one with `destination add`")
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()
