@@ -54,6 +54,7 @@ class Settings(BaseSettings):
 
     # Pipeline.
     state_shards: int = Field(16, ge=1, le=4096)
+    stage_parts: int = Field(4, ge=1, le=256)  # byte ranges one big local snapshot is split into
     max_line_bytes: int = Field(1 << 20, ge=1024)
     source_http_timeout: float = Field(30.0, gt=0)
     mass_delete_threshold: float = Field(0.5, ge=0, le=1)

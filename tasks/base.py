@@ -29,6 +29,10 @@ class SyncTask(Task):
 
     def follow(self, step: Step, job_id: str) -> None:
         """Enqueue what the step asks for; re-schedule this task last (retry raises)."""
+        for part, start, end in step.stage:
+            self.app.send_task("tiktok.stage_part", args=[job_id, part, start, end])
+        if step.plan:
+            self.app.send_task("tiktok.plan_batches", args=[job_id])
         for batch_id in step.send:
             self.app.send_task("tiktok.send_batch", args=[batch_id])
         if step.finalize:

@@ -322,7 +322,12 @@ def auth_exchange(
 
 
 def main() -> None:
-    cli()
+    # Command groups that live in their own modules register themselves on `cli` when imported.
+    # (Imported by name so that `python -m worker.cli` and the console script share one `cli`.)
+    import worker.cli_ops  # noqa: F401
+    from worker.cli import cli as root
+
+    root()
 
 
 if __name__ == "__main__":

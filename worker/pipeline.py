@@ -7,6 +7,7 @@ redelivered message repeats no effect.
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -19,7 +20,7 @@ from worker.identifiers import COLUMNS, ID_SCHEMA, Hasher, IdType, RejectedIdent
 from worker.locks import AudienceLocks, LockResult
 from worker.models import AT_REST, BatchState, Destination, JobSpec, JobStatus
 from worker.runtime import Runtime
-from worker.sources import Member, RejectedRow, SourceError, iter_inline, open_source
+from worker.sources import Member, RejectedRow, SourceError, iter_inline, open_source, split_ranges
 
 log = structlog.get_logger(__name__)
 
@@ -36,6 +37,8 @@ class Step:
     wait: float | None = None  # re-schedule the same task after this many seconds
     send: list[str] = field(default_factory=list)  # batch ids to enqueue
     finalize: bool = False
+    stage: list[tuple[int, int, int]] = field(default_factory=list)  # (part, start, end) to stage
+    plan: bool = False  # staging is complete: diff, guard and plan next
 
 
 def locks(rt: Runtime) -> AudienceLocks:
@@ -125,7 +128,8 @@ class Stager:
             self.renew()
 
 
-def _rows(rt: Runtime, spec: JobSpec, members: list[dict[str, Any]] | None = None) -> Iterator[Member | RejectedRow]:
+def _rows(rt: Runtime, spec: JobSpec, members: list[dict[str, Any]] | None = None,
+          byte_range: tuple[int, int] | None = None) -> Iterator[Member | RejectedRow]:
     if members is not None:
         yield from iter_inline(members)
         return
@@ -134,7 +138,7 @@ def _rows(rt: Runtime, spec: JobSpec, members: list[dict[str, Any]] | None = Non
         return
     assert spec.members is not None
     with open_source(spec.members, spec.format, max_line_bytes=rt.settings.max_line_bytes,
-                     http_timeout=rt.settings.source_http_timeout) as source:
+                     http_timeout=rt.settings.source_http_timeout, byte_range=byte_range) as source:
         yield from source
 
 
@@ -159,8 +163,13 @@ def drop_job_state(rt: Runtime, spec: JobSpec) -> None:
         rt.store.r.unlink(*keys[i : i + 500])
 
 
-def stage(rt: Runtime, spec: JobSpec, dest: Destination) -> Counter:
-    """Stream the snapshot (or the delta's two lists) into staging sets; returns the counts."""
+def stage(rt: Runtime, spec: JobSpec, dest: Destination, byte_range: tuple[int, int] | None = None,
+          fresh: bool = True) -> Counter:
+    """Stream the snapshot (or one byte range of it, or the delta's two lists) into staging sets.
+
+    Returns the counts. `fresh` drops what an earlier attempt of this job staged; parts of a
+    split snapshot pass False (SADD is idempotent, so a re-run part repeats nothing).
+    """
     keys = rt.store.keys
     lk = locks(rt)
     renew = lambda: lk.renew(spec.destination_id, spec.audience_id, spec.job_id)  # noqa: E731
@@ -171,7 +180,8 @@ def stage(rt: Runtime, spec: JobSpec, dest: Destination) -> Counter:
     def minus(shard: int, schema: str) -> str:
         return keys.stage(spec.destination_id, spec.audience_id, shard, schema, spec.job_id + "~minus")
 
-    drop_job_state(rt, spec)  # a redelivered job starts staging from scratch
+    if fresh:
+        drop_job_state(rt, spec)  # a redelivered job starts staging from scratch
     total: Counter = Counter()
     samples: list[dict[str, Any]] = []
     parts: list[tuple[Any, list[dict[str, Any]] | None, str]]
@@ -181,7 +191,7 @@ def stage(rt: Runtime, spec: JobSpec, dest: Destination) -> Counter:
         parts = [(plus, None, "")]
     for key_for, members, prefix in parts:
         stager = Stager(rt, dest, key_for, renew)
-        stager.add(_rows(rt, spec, members))
+        stager.add(_rows(rt, spec, members, byte_range))
         stager.flush()
         total.update({prefix + k: v for k, v in stager.stats.counts.items()})
         samples.extend(stager.stats.samples)
@@ -329,16 +339,97 @@ def refresh(rt: Runtime, job_id: str) -> Step:
     if job.phase != "staged":
         store.update_job(job_id, phase="staging")
         log.info("refresh_started", mode=spec.mode, source=job.source)
+        parts = _split(rt, spec)
+        if parts:
+            # Several `stage_part` tasks read byte ranges of one big file in parallel.
+            drop_job_state(rt, spec)
+            store.r.delete(_parts_key(rt, job_id), _parts_done_key(rt, job_id), store.keys.job(job_id) + ":plan")
+            store.update_job(job_id, stage_parts=len(parts))
+            log.info("refresh_split", parts=len(parts))
+            return Step(stage=[(i, start, end) for i, (start, end) in enumerate(parts)])
         try:
             counts = stage(rt, spec, dest)
         except SourceError as error:
-            drop_job_state(rt, spec)
-            _end(rt, spec, JobStatus.FAILED, f"cannot read the members: {error}. Nothing was sent.")
+            _source_failed(rt, spec, error)
             return Step()
         store.update_job(job_id, phase="staged", **counts)
         log.info("refresh_staged", rows=counts["rows_read"], valid=counts["members_valid"],
                  rejected=counts["rows_rejected"], excluded=counts["members_excluded"])
+    return diff_and_plan(rt, spec)
 
+
+def _split(rt: Runtime, spec: JobSpec) -> list[tuple[int, int]] | None:
+    if spec.mode != "snapshot" or spec.members is None or rt.settings.stage_parts < 2:
+        return None
+    try:
+        ranges = split_ranges(spec.members, rt.settings.stage_parts)
+    except SourceError:
+        return None  # staging reads it whole and reports the error properly
+    return ranges if ranges and len(ranges) > 1 else None
+
+
+def _parts_key(rt: Runtime, job_id: str) -> str:
+    return rt.store.keys.job(job_id) + ":parts"
+
+
+def _parts_done_key(rt: Runtime, job_id: str) -> str:
+    return rt.store.keys.job(job_id) + ":parts_done"
+
+
+def _source_failed(rt: Runtime, spec: JobSpec, error: Exception) -> None:
+    drop_job_state(rt, spec)
+    _end(rt, spec, JobStatus.FAILED, f"cannot read the members: {error}. Nothing was sent.")
+
+
+def stage_part(rt: Runtime, job_id: str, part: int, start: int, end: int) -> Step:
+    """Stage one byte range of a split snapshot; the last part to finish asks for the plan."""
+    store = rt.store
+    spec = store.job_spec(job_id)
+    job = store.job(job_id)
+    if spec is None or job is None or job.status in AT_REST or job.phase != "staging":
+        return Step()
+    lock = locks(rt).acquire(spec.destination_id, spec.audience_id, job_id, spec.created_at)
+    if lock not in (LockResult.OWNED, LockResult.ACQUIRED):
+        return Step()  # the job lost its lease and was re-driven or superseded meanwhile
+    dest = store.require_destination(spec.destination_id)
+    try:
+        counts = stage(rt, spec, dest, byte_range=(start, end), fresh=False)
+    except SourceError as error:
+        _source_failed(rt, spec, error)
+        return Step()
+    store.r.hset(_parts_key(rt, job_id), str(part), json.dumps(counts))
+    store.r.sadd(_parts_done_key(rt, job_id), part)
+    done = store.r.scard(_parts_done_key(rt, job_id))
+    log.info("refresh_part_staged", part=part, rows=counts["rows_read"], parts_done=done)
+    if done >= job.count("stage_parts") and store.r.set(store.keys.job(job_id) + ":plan", 1, nx=True, ex=store.ttl):
+        return Step(plan=True)
+    return Step()
+
+
+def plan_after_parts(rt: Runtime, job_id: str) -> Step:
+    """All parts are staged: add up their counts, then diff, guard and plan."""
+    store = rt.store
+    spec = store.job_spec(job_id)
+    job = store.job(job_id)
+    if spec is None or job is None or job.status in AT_REST:
+        return Step()
+    if job.phase == "staging":
+        counts: Counter = Counter()
+        for raw in store.r.hvals(_parts_key(rt, job_id)):
+            counts.update(json.loads(raw))
+        store.update_job(job_id, phase="staged", **counts)
+        log.info("refresh_staged", rows=counts["rows_read"], valid=counts["members_valid"],
+                 rejected=counts["rows_rejected"], excluded=counts["members_excluded"])
+    elif job.phase != "staged":
+        return Step(send=store.pending_batches(job_id)) if job.phase == "sending" else Step()
+    return diff_and_plan(rt, spec)
+
+
+def diff_and_plan(rt: Runtime, spec: JobSpec) -> Step:
+    store = rt.store
+    job_id = spec.job_id
+    d, a = spec.destination_id, spec.audience_id
+    lk = locks(rt)
     counts = diff(rt, spec)
     store.update_job(job_id, **{k: counts.get(k, 0) for k in _diff_fields(counts)})
     reason = mass_delete_reason(rt, spec, counts)
@@ -349,6 +440,8 @@ def refresh(rt: Runtime, job_id: str) -> Step:
         # Keep the staged snapshot so `approve` can go on without re-reading the source.
         lk.release(d, a, job_id)
         _drop(rt, spec, "add", "del")
+        for key in _state_keys(rt, spec, "stage"):
+            store.r.expire(key, store.ttl)
         store.update_job(job_id, status=JobStatus.HELD, phase="staged", message=reason)
         log.warning("refresh_held", removes=total(counts, "removes"), synced=total(counts, "synced_before"))
         return Step()

@@ -306,7 +306,9 @@ class Store:
     def expire_job(self, job_id: str) -> None:
         pipe = self.r.pipeline(transaction=False)
         for key in (self.keys.job(job_id), self.keys.job_spec(job_id), self.keys.job_batches(job_id),
-                    self.keys.job_rejects(job_id), self.keys.job_finalize(job_id)):
+                    self.keys.job_rejects(job_id), self.keys.job_finalize(job_id),
+                    self.keys.job(job_id) + ":parts", self.keys.job(job_id) + ":parts_done",
+                    self.keys.job(job_id) + ":plan"):
             pipe.expire(key, self.ttl)
         for batch_id in self.batch_ids(job_id):
             pipe.expire(self.keys.batch(batch_id), self.ttl)

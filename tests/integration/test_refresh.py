@@ -147,3 +147,39 @@ def test_unreadable_source_fails_and_keeps_the_audience(rt: Runtime, emulator: A
     assert failed.status == JobStatus.FAILED
     assert "cannot read the members" in failed.message
     assert emulator.members(tiktok_id) == before
+
+
+def test_parallel_staging_and_shards_match_the_plain_path(rt: Runtime, emulator: Any, worker_env: dict[str, str],
+                                                          tmp_path: Path) -> None:
+    """A big local snapshot split over several stage_part tasks and 16 shards gives exactly the
+    state of the unsplit, unsharded path (each path with its own worker and Redis database)."""
+    from celery import Celery
+
+    from config.celery import celery_config
+    from tests.conftest import make_settings
+
+    path = tmp_path / "big.csv"
+    generate(path, 40_000, seed=21, invalid_share=0.05)
+    assert path.stat().st_size > 2 << 20  # big enough to be split
+    expected = reference_counts(path)[1]
+    held = {}
+    base = worker_env["REDIS_URL"].rsplit("/", 1)[0]
+    for label, db, extra in (("split", 2, {"STAGE_PARTS": "4", "STATE_SHARDS": "16"}),
+                             ("plain", 4, {"STAGE_PARTS": "1", "STATE_SHARDS": "1"})):
+        env = {**worker_env, **extra, "REDIS_URL": f"{base}/{db}", "BROKER_URL": f"{base}/{db + 1}"}
+        settings = make_settings(env)
+        local = Runtime.build(settings)
+        local.store.r.flushdb()
+        app = Celery("parallel-test")
+        app.config_from_object(celery_config(settings))
+        proc = WorkerProcess(env, pool="prefork", concurrency=2, name=f"par-{label}").start()
+        try:
+            tiktok_id = setup_destination(local, audience=f"aud-{label}")
+            job = api.wait_for(api.enqueue_refresh("acme", f"aud-{label}", members=str(path), rt=local, app=app),
+                               timeout=240, rt=local)
+            assert job.status == JobStatus.SUCCEEDED, job.message
+            assert job.count("stage_parts") == (4 if label == "split" else 0)
+            held[label] = held_pairs(emulator.members(tiktok_id))
+        finally:
+            proc.stop()
+    assert held["split"] == held["plain"] == expected
