@@ -53,7 +53,7 @@ class Settings(BaseSettings):
     token_encryption_key: str = ""
 
     # Pipeline.
-    state_shards: int = Field(16, ge=1, le=4096)
+    state_shards: int = Field(64, ge=1, le=4096)  # fixed once ledgers exist (checked at start)
     stage_parts: int = Field(4, ge=1, le=256)  # byte ranges one big local snapshot is split into
     max_line_bytes: int = Field(1 << 20, ge=1024)
     source_http_timeout: float = Field(30.0, gt=0)

@@ -54,30 +54,23 @@ _PLANES: dict[str, tuple[int, int]] = {}
 _width = 0
 for _name, _w in (
     ("inv", 2),  # invalid / malformed decision (16-bit)
-    ("badkind", 1),
+    ("badkind", 1),  # which identifier is made bad
     ("email", 1),  # none / pre-hashed / raw
-    ("first", 1),
-    ("last", 1),
-    ("tag", 1),
+    ("name", 2),  # first (high byte) and last (low byte) name spelling
     ("domain", 1),
-    ("pad", 1),
+    ("pad", 1),  # leading spaces
+    ("misc", 1),  # +tag / quoted CSV email / NDJSON email list
     ("phone", 1),  # none / pre-hashed / raw
     ("country", 1),
-    ("pfmt", 1),
-    ("device", 1),  # idfa / gaid / hashed / none
+    ("pfmt", 1),  # phone spelling
+    ("device", 1),  # IDFA / GAID / pre-hashed / none
     ("consent", 1),
-    ("misc", 1),  # quoted CSV email / NDJSON email list
-    ("u1", 4),  # UUID bytes, 4-2-2-2-6
-    ("u2", 2),
-    ("u3", 2),
-    ("u4", 2),
-    ("u5", 6),
+    ("uuid", 16),
 ):
     _PLANES[_name] = (_width * BLOCK, _w)
     _width += _w
 _BLOCK_BYTES = _width * BLOCK
 _DROP_PLANES = {"drop": (0, 2), "withdraw": (2 * BLOCK, 2)}
-_UUID_PARTS = (("u1", 4), ("u2", 2), ("u3", 2), ("u4", 2), ("u5", 6))
 
 _FIRST = [
     "James", "Mary", "John", "Patricia", "Robert", "Jennifer", "Michael", "Linda", "William",
@@ -99,22 +92,23 @@ _LAST = [
     "Fischer", "Weber", "Meyer", "Wagner", "Becker", "Schulz", "Hoffmann", "Koch", "Richter",
     "Klein", "Wolf",
 ]  # fmt: skip
-# 256-entry tables indexed by one random byte: 64 names x 4 spellings.
+# 256 spellings each (64 names x 4 case styles), indexed by one random byte.
 _FIRST256 = [(n, n.lower(), n.upper(), n)[b >> 6] for b in range(256) for n in [_FIRST[b & 63]]]
 _LAST256 = [
     (f".{n}", f".{n.lower()}", f"_{n.lower()}", n)[b >> 6]
     for b in range(256)
     for n in [_LAST[b & 63]]
 ]
-_TAG256 = [("+news", "+promo", "+cdp", "+1")[b & 3] if b < 16 else "" for b in range(256)]
 _DOMAINS = (
     "Example.com", "example.com", "example.com", "EXAMPLE.COM", "example.org", "Example.net",
     "mail.example.com", "example.co.uk", "example.de", "Example.org", "example.net",
     "example.com", "shop.example", "example.io", "Example.com", "example.com",
 )  # fmt: skip
-_DOMAIN256 = [_DOMAINS[b & 15] for b in range(256)]
-_PRE256 = [(" ", "", "  ")[b % 3] if b < 24 else "" for b in range(256)]
-_POST256 = [("", " ", "  ")[b % 3] if b < 24 else "" for b in range(256)]
+# "@domain", with trailing spaces on ~3% (exports are not always trimmed).
+_ATDOM256 = [
+    f"@{_DOMAINS[b & 15]}{' ' if b >= 252 else '  ' if b >= 248 else ''}" for b in range(256)
+]
+_TAGS = ("+news", "+promo", "+cdp", "+1")
 
 # Area codes / exchanges that phonenumbers' metadata accepts as valid US numbers (checked in the
 # tests); 555 and N11 exchanges are avoided as reserved or fictional in places.
@@ -125,7 +119,7 @@ _US_AREAS = (
 _US_EXCH = tuple(e for e in range(200, 1000) if e != 555 and e % 100 != 11)
 _DE_PREFIXES = ("151", "152", "157", "160", "170", "171", "176", "175")
 _LN4 = [f"{n:04d}" for n in range(10_000)]
-# US formats by pfmt byte & 15; "num" is written as a JSON number in NDJSON.
+# US spellings by pfmt byte & 15; number 14 is written as a JSON number in NDJSON.
 _US_FORMATS = (
     "+1{a}{e}", "+1{a}{e}", "+1{a}{e}", "+1{a}{e}", "+1{a}{e}",
     "+1 ({a}) {e}-", "+1 ({a}) {e}-", "+1 ({a}) {e}-",
@@ -139,40 +133,48 @@ _CONSENT_CSV256 = [
     ("false", "0", "no", "FALSE")[b] if b < 4 else ("true", "1", "yes", "", "TRUE", "Y", "")[b % 7]
     for b in range(256)
 ]
+_TAIL256 = [",,,," + c for c in _CONSENT_CSV256]  # the 4 empty *_sha256 columns + consent
 _CONSENT_JSON256 = [
     (',"consent":false', ',"consent":0', ',"consent":"no"', ',"consent":"N"')[b]
     if b < 4
     else (',"consent":true', "", ',"consent":"yes"', ',"consent":1', "", ',"consent":true')[b % 6]
     for b in range(256)
 ]
-_WITHDRAWN_CSV = "false"
-_WITHDRAWN_JSON = ',"consent":false'
 _ZERO_IDFA = "00000000-0000-0000-0000-000000000000"
+_UUID_POS = [p for p in range(36) if p not in (8, 13, 18, 23)]
 
 
-def _table(pred: object) -> bytes:
+def _table(pred: Callable[[int], bool]) -> bytes:
     """256-byte translate table: 1 where pred(byte) else 0."""
-    return bytes(1 if pred(b) else 0 for b in range(256))  # type: ignore[operator]
+    return bytes(1 if pred(b) else 0 for b in range(256))
 
 
 _T_NO_EMAIL = _table(lambda b: b < 8)  # ~3% no email
-_T_EMAIL_SHA = _table(lambda b: 8 <= b < 28)  # ~8% pre-hashed
-_T_HAS_PHONE = _table(lambda b: b >= 38)  # ~15% no phone
+_T_EMAIL_SHA = _table(lambda b: 8 <= b < 28)  # ~8% pre-hashed (a fifth in uppercase hex)
+_T_PAD = _table(lambda b: b < 8)  # ~3% leading spaces
+_T_TAG = _table(lambda b: b < 16)  # ~6% +tag
+_T_QUOTE = _table(lambda b: 16 <= b < 20)  # ~1.6% quoted (CSV)
+_T_LIST = _table(lambda b: b >= 248)  # ~3% two emails (NDJSON)
+_T_NO_PHONE = _table(lambda b: b < 38)  # ~15% no phone
 _T_PHONE_SHA = _table(lambda b: 38 <= b < 51)  # ~5% pre-hashed
-_T_NO_RAW_PHONE = _table(lambda b: b < 51)
 _T_NOT_US = _table(lambda b: b >= 230)  # ~10% GB / DE
 _T_US_NUMERIC = _table(lambda b: (b & 15) == _US_NUMERIC_FMT)
 _T_IDFA = _table(lambda b: b < 90)  # ~35%
+_T_DEV_SHA = _table(lambda b: 90 <= b < 94)  # ~1.6% pre-hashed IDFA / GAID
 _T_GAID = _table(lambda b: 94 <= b < 182)  # ~34%
-_T_DEV_SHA = _table(lambda b: 90 <= b < 94)  # ~1.6% hashed IDFA / GAID
-_T_QUOTE = _table(lambda b: b < 4)
-_T_LIST = _table(lambda b: b >= 248)
+_T_DEV3 = bytes(1 if b < 90 else 2 if 94 <= b < 182 else 0 for b in range(256))
 _T_CONSENT_FALSE = _table(lambda b: b < 4)
 _T_LOW4 = bytes(b & 15 for b in range(256))
 
 
+@lru_cache(maxsize=1)
+def _names() -> list[str]:
+    """65,536 "First.Last" spellings indexed by a 16-bit value (built once, ~20 ms)."""
+    return [f + last for f in _FIRST256 for last in _LAST256]
+
+
 def _where(flags: bytes) -> list[int]:
-    """Indices of the 1 bytes in a 0/1 bytes object (C-speed find for rare flags)."""
+    """Indices of the 1 bytes in a 0/1 bytes object (C-speed find: for rare flags)."""
     out: list[int] = []
     j = flags.find(1)
     while j >= 0:
@@ -224,10 +226,19 @@ def _sha(s: str) -> str:
     return hashlib.sha256(s.encode()).hexdigest()
 
 
-def _uuid_columns(plane: Callable[[str], bytes]) -> list[str]:
-    """Lowercase canonical UUIDs for the block: hex-split each 4-2-2-2-6 byte plane in C."""
-    cols = [plane(name).hex("\n", w).split("\n") for name, w in _UUID_PARTS]
-    return list(map("{}-{}-{}-{}-{}".format, *cols))
+def _uuids(raw: bytes, n: int) -> tuple[list[str], list[str]]:
+    """(lowercase, uppercase) canonical UUIDs from 16 random bytes each.
+
+    Strided bytearray slice assignments lay the hex digits out as "8-4-4-4-12\n" records in
+    ~37 C-level passes for the whole block instead of formatting each UUID in Python.
+    """
+    hexb = raw.hex().encode("ascii")
+    out = bytearray(b"-" * (37 * n))
+    for q, p in enumerate(_UUID_POS):
+        out[p::37] = hexb[q::32]
+    out[36::37] = b"\n" * n
+    text = out[:-1].decode("ascii")
+    return text.split("\n"), text.upper().split("\n")
 
 
 def _pick(default: str, values: list[str], flags: Iterable[int]) -> list[str]:
@@ -246,7 +257,11 @@ def _render_block(
     withdraw_share: float,
     drop_seed: int,
 ) -> tuple[bytes, list[int]]:
-    """Render members blk*BLOCK+off .. +n-1; returns (encoded text, counts in COUNT_KEYS order)."""
+    """Render members blk*BLOCK+off .. +n-1; returns (encoded text, counts in COUNT_KEYS order).
+
+    Common values are built for the whole block with C-level map/zip/join; the rare variants
+    (no email, pre-hashed, GB/DE phone, invalid, ...) are fixed up by index afterwards.
+    """
     if n <= 0:
         return b"", [0] * len(COUNT_KEYS)
     d = _block_digest(seed, blk)
@@ -256,7 +271,6 @@ def _render_block(
 
     lo = blk * BLOCK + off
     nums = list(map(str, range(lo, lo + n)))
-    uids = list(map("u".__add__, nums))
 
     # Rows with a deliberately bad identifier or a broken line.
     inv_thr, mal_thr = _thresholds(invalid_share)
@@ -265,51 +279,50 @@ def _render_block(
     cand = _where(plane("inv")[1::2].translate(_table(lambda b: b <= hi_thr))) if inv_thr else []
     malformed = [j for j in cand if inv16[j] < mal_thr]
     invalid = [j for j in cand if mal_thr <= inv16[j] < inv_thr]
-    badkind = plane("badkind")
 
-    # email: raw by default; none / pre-hashed rows fixed up (few).
-    email_sel = plane("email")
+    # email
+    names = _names()
     emails = list(
         map(
-            "{}{}{}{}{}@{}{}".format,
-            map(_PRE256.__getitem__, plane("pad")),
-            map(_FIRST256.__getitem__, plane("first")),
-            map(_LAST256.__getitem__, plane("last")),
-            nums,
-            map(_TAG256.__getitem__, plane("tag")),
-            map(_DOMAIN256.__getitem__, plane("domain")),
-            map(_POST256.__getitem__, plane("pad")),
+            "".join,
+            zip(
+                map(names.__getitem__, _u16(plane("name"))),
+                nums,
+                map(_ATDOM256.__getitem__, plane("domain")),
+            ),
         )
     )
-    esha = [""] * n
-    sha_rows: set[int] = set()
+    misc = plane("misc")
+    for j in _where(misc.translate(_T_TAG)):
+        e = emails[j]
+        at = e.index("@")
+        emails[j] = e[:at] + _TAGS[misc[j] & 3] + e[at:]
+    pad = plane("pad")
+    for j in _where(pad.translate(_T_PAD)):
+        emails[j] = (" " if pad[j] < 5 else "  ") + emails[j]
+    email_sel = plane("email")
+    esha: dict[int, str] = {}
     for j in _where(email_sel.translate(_T_EMAIL_SHA)):
         h = _sha(emails[j].strip().lower())
         esha[j] = h.upper() if email_sel[j] < 13 else h
         emails[j] = ""
-        sha_rows.add(j)
     for j in _where(email_sel.translate(_T_NO_EMAIL)):
         emails[j] = ""
 
-    # phone: US numbers derived from the member index (unique in a 140M-number space).
-    k = blk  # BLOCK == 10,000 line numbers: one area/exchange per block
-    area = _US_AREAS[(k // len(_US_EXCH)) % len(_US_AREAS)]
-    exch = _US_EXCH[k % len(_US_EXCH)]
+    # phone: US numbers derived from the member index (unique in a 140M-number space)
+    area = _US_AREAS[(blk // len(_US_EXCH)) % len(_US_AREAS)]  # BLOCK == 10,000 line numbers
+    exch = _US_EXCH[blk % len(_US_EXCH)]
     prefixes = [f.format(a=area, e=exch) for f in _US_FORMATS]
     pfmt = plane("pfmt")
-    phone_sel = plane("phone")
-    has_phone = phone_sel.translate(_T_HAS_PHONE)
-    phones = _pick(
-        "",
-        list(map(str.__add__, map(prefixes.__getitem__, pfmt.translate(_T_LOW4)), _LN4[off:])),
-        has_phone,
+    phones = list(
+        map(str.__add__, map(prefixes.__getitem__, pfmt.translate(_T_LOW4)), _LN4[off : off + n])
     )
-    numeric = bytearray(pfmt.translate(_T_US_NUMERIC))  # NDJSON: phone as a JSON number
+    numeric = set(_where(pfmt.translate(_T_US_NUMERIC)))  # NDJSON: phone as a JSON number
     e164_other: dict[int, str] = {}
     country = plane("country")
     for j in _where(country.translate(_T_NOT_US)):
         i = lo + j
-        numeric[j] = 0
+        numeric.discard(j)
         sub = f"{i % 100_000_000:08d}"
         if country[j] < 243:  # GB mobile 7[1-3]xxxxxxxx
             nat = f"7{1 + (i // 100_000_000) % 3}{sub}"
@@ -318,55 +331,45 @@ def _render_block(
             nat = _DE_PREFIXES[(i // 100_000_000) % 8] + sub
             cc, spaced = "49", f"{nat[:3]} {nat[3:]}"
         e164_other[j] = f"+{cc}{nat}"
-        if has_phone[j]:
-            style = pfmt[j] & 15
-            phones[j] = (
-                f"+{cc}{nat}"
-                if style < 8
-                else f"+{cc} {spaced}"
-                if style < 15
-                else f"00{cc} {spaced}"
-            )
-    psha = [""] * n
+        style = pfmt[j] & 15
+        phones[j] = (
+            f"+{cc}{nat}" if style < 8 else f"+{cc} {spaced}" if style < 15 else f"00{cc} {spaced}"
+        )
+    phone_sel = plane("phone")
+    psha: dict[int, str] = {}
     us_e164 = f"+1{area}{exch}"
     for j in _where(phone_sel.translate(_T_PHONE_SHA)):
         psha[j] = _sha(e164_other.get(j) or us_e164 + _LN4[off + j])
-        sha_rows.add(j)
-    for j in _where(phone_sel.translate(_T_NO_RAW_PHONE)):
-        numeric[j] = 0  # no raw phone on this row (none or pre-hashed)
+        phones[j] = ""
+    for j in _where(phone_sel.translate(_T_NO_PHONE)):
+        phones[j] = ""
 
     # device ids: IDFA (uppercase) or GAID (lowercase) or a pre-hashed one or none
     dev = plane("device")
-    uuids = _uuid_columns(plane)
-    uuids_upper = "\n".join(uuids).upper().split("\n")
-    is_idfa = dev.translate(_T_IDFA)
-    is_gaid = dev.translate(_T_GAID)
-    isha = [""] * n
-    gsha = [""] * n
+    lower, upper = _uuids(plane("uuid"), n)
+    isha: dict[int, str] = {}
+    gsha: dict[int, str] = {}
     for j in _where(dev.translate(_T_DEV_SHA)):
-        if dev[j] < 92:
-            isha[j] = _sha(uuids[j])
-        else:
-            gsha[j] = _sha(uuids[j])
-        sha_rows.add(j)
+        (isha if dev[j] < 92 else gsha)[j] = _sha(lower[j])
 
     # the deliberately bad identifiers (one per invalid member)
+    badkind = plane("badkind")
     zero_idfa: list[int] = []
     for j in invalid:
         kind = badkind[j] & 3
-        if kind == 0:
-            emails[j] = emails[j].replace("@", ".") if emails[j] else f"user{lo + j}.example.com"
-            esha[j] = ""
-        elif kind == 1:
-            phones[j] = str(10_000 + (lo + j) % 90_000)  # 5 digits: too short anywhere
-            psha[j] = ""
-            numeric[j] = 0
-        elif kind == 2:
+        if kind == 0:  # email without "@"
+            emails[j] = (emails[j] or f"user{lo + j}@example.com").replace("@", ".")
+            esha.pop(j, None)
+        elif kind == 1:  # 5 digits: too short anywhere
+            phones[j] = str(10_000 + (lo + j) % 90_000)
+            psha.pop(j, None)
+        elif kind == 2:  # all-zero IDFA (limit ad tracking)
             zero_idfa.append(j)
-            isha[j] = gsha[j] = ""
-        else:
-            esha[j] = _sha(uids[j])[:63]
-            sha_rows.add(j)
+            isha.pop(j, None)
+            gsha.pop(j, None)
+        else:  # 63-char hash
+            esha[j] = _sha(f"u{lo + j}")[:63]
+    sha_rows = sorted(esha.keys() | psha.keys() | isha.keys() | gsha.keys())
 
     # drops and withdrawals (the "changed snapshot" options)
     keep: bytes | None = None
@@ -379,86 +382,74 @@ def _render_block(
         if wthr:
             wd16 = _u16(_plane(dd, _DROP_PLANES, "withdraw", off, n))
             withdrawn = [j for j, v in enumerate(wd16) if v < wthr and (keep is None or keep[j])]
+    wset = set(withdrawn)
 
     consent_plane = plane("consent")
-    misc = plane("misc")
     if as_csv:
-        idfas = _pick("", uuids_upper, is_idfa)
-        gaids = _pick("", uuids, is_gaid)
+        idfas = _pick("", upper, dev.translate(_T_IDFA))
+        gaids = _pick("", lower, dev.translate(_T_GAID))
         for j in zero_idfa:
             idfas[j], gaids[j] = _ZERO_IDFA, ""
         for j in _where(misc.translate(_T_QUOTE)):
             if emails[j]:
                 emails[j] = f'"{emails[j]}"'  # exercises the quoted-field path
-        consents = list(map(_CONSENT_CSV256.__getitem__, consent_plane))
+        tails = list(map(_TAIL256.__getitem__, consent_plane))
         for j in withdrawn:
-            consents[j] = _WITHDRAWN_CSV
-        rows = list(
-            map(
-                "{},{},{},{},{},{},{},{},{},{}\n".format,
-                uids,
-                emails,
-                phones,
-                idfas,
-                gaids,
-                esha,
-                psha,
-                isha,
-                gsha,
-                consents,
-            )  # fmt: skip
-        )
+            tails[j] = ",,,,false"
+        for j in sha_rows:
+            c = "false" if j in wset else _CONSENT_CSV256[consent_plane[j]]
+            tails[j] = ",".join(
+                (esha.get(j, ""), psha.get(j, ""), isha.get(j, ""), gsha.get(j, ""), c)
+            )
+        rows = list(map(",".join, zip(nums, emails, phones, idfas, gaids, tails)))
         for j in malformed:
-            rows[j] = f"{uids[j]},broken-row\n"
+            rows[j] = f"{lo + j},broken-row"
+        prefix, sep, suffix = "u", "\nu", "\n"  # "u" of the user id rides on the separator
     else:
-        email_parts = _pick("", list(map(',"email":"{}"'.format, emails)), map(bool, emails))
+        email_parts = list(map(',"email":"{}"'.format, emails))
         for j in _where(misc.translate(_T_LIST)):
-            if emails[j]:
-                email_parts[j] = f',"email":["{emails[j]}","{uids[j]}@work.example"]'
-        phone_parts = _pick("", list(map(',"phone":"{}"'.format, phones)), map(bool, phones))
-        for j in _where(bytes(numeric)):
-            if phones[j]:
+            email_parts[j] = f',"email":["{emails[j]}","u{lo + j}@work.example"]'
+        for j in _where(email_sel.translate(_T_NO_EMAIL)) + list(esha):
+            if not emails[j]:
+                email_parts[j] = ""
+        phone_parts = list(map(',"phone":"{}"'.format, phones))
+        for j in numeric:
+            if phones[j].isdigit():
                 phone_parts[j] = f',"phone":{phones[j]}'
-        dev_sel = bytes(map(int.__add__, is_idfa, map((2).__mul__, is_gaid)))
+        for j in _where(phone_sel.translate(_T_NO_PHONE)) + list(psha):
+            if not phones[j]:
+                phone_parts[j] = ""
         dev_parts = list(
             map(
                 tuple.__getitem__,
                 zip(
                     repeat(""),
-                    map(',"idfa":"{}"'.format, uuids_upper),
-                    map(',"gaid":"{}"'.format, uuids),
+                    map(',"idfa":"{}"'.format, upper),
+                    map(',"gaid":"{}"'.format, lower),
                 ),
-                dev_sel,
+                dev.translate(_T_DEV3),
             )
         )
         for j in zero_idfa:
             dev_parts[j] = f',"idfa":"{_ZERO_IDFA}"'
         for j in sha_rows:
-            dev_parts[j] += "".join(
-                f',"{name}":"{col[j]}"'
-                for name, col in (
-                    ("email_sha256", esha),
-                    ("phone_sha256", psha),
-                    ("idfa_sha256", isha),
-                    ("gaid_sha256", gsha),
-                )
-                if col[j]
-            )
+            for key, col in (
+                ("email_sha256", esha),
+                ("phone_sha256", psha),
+                ("idfa_sha256", isha),
+                ("gaid_sha256", gsha),
+            ):
+                if j in col:
+                    dev_parts[j] += f',"{key}":"{col[j]}"'
         consents = list(map(_CONSENT_JSON256.__getitem__, consent_plane))
         for j in withdrawn:
-            consents[j] = _WITHDRAWN_JSON
+            consents[j] = ',"consent":false'
         rows = list(
-            map(
-                '{{"user_id":"{}"{}{}{}{}}}\n'.format,
-                uids,
-                email_parts,
-                phone_parts,
-                dev_parts,
-                consents,
-            )  # fmt: skip
+            map("".join, zip(nums, repeat('"'), email_parts, phone_parts, dev_parts, consents))
         )
-        for j in malformed:
-            rows[j] = f'{{"user_id":"{uids[j]}","email":"broken{lo + j}@example.com"\n'
+        for j in malformed:  # the closing brace after a trailing comma: not JSON
+            rows[j] = f'{lo + j}","email":"broken{lo + j}@example.com",'
+        prefix, sep, suffix = '{"user_id":"u', '}\n{"user_id":"u', "}\n"
 
     # counts of what is written (dropped members count only as dropped)
     bad = set(malformed)
@@ -474,7 +465,8 @@ def _render_block(
         kept, n_malformed, n_invalid, n_false = n, len(malformed), len(invalid), len(false_rows)
     n_withdrawn = sum(1 for j in withdrawn if j not in bad)
     counts = [kept, kept - n_malformed, n_invalid, n_malformed, n - kept, n_withdrawn, n_false]
-    return "".join(rows).encode(), counts
+    text = prefix + sep.join(rows) + suffix if rows else ""
+    return text.encode("ascii"), counts
 
 
 def _blocks(start: int, count: int) -> Iterator[tuple[int, int, int]]:

@@ -26,8 +26,19 @@ auth_cli = typer.Typer(help="TikTok OAuth: turn an auth code into an access toke
 cli.add_typer(destination_cli, name="destination")
 cli.add_typer(audience_cli, name="audience")
 cli.add_typer(auth_cli, name="auth")
-out = Console()
+# Piped output (scripts, CI logs) gets wide tables instead of rich's 80-column default.
+out = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True)
+
+@cli.callback()
+def _setup() -> None:
+    """Logs go to stderr (stdout carries ids and JSON for scripts)."""
+    from config.logging import configure_logging
+    from config.settings import get_settings
+
+    settings = get_settings()
+    configure_logging(settings.log_format, settings.log_level)
+
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 

@@ -189,6 +189,11 @@ _PHONE_FORMATTING: Final = str.maketrans("", "", " -.()")
 _PHONE_START: Final = re.compile(r"[+\uff0b\d]")
 _SUPPORTED_REGIONS: Final = frozenset(phonenumbers.SUPPORTED_REGIONS)
 
+# phonenumbers recompiles its metadata regexes through re's 512-entry cache, which thrashes once
+# numbers of many countries go by (5x slower); its own pattern cache is bounded by the metadata.
+if hasattr(phonenumbers, "enable_pattern_cache"):  # absent from older releases
+    phonenumbers.enable_pattern_cache()
+
 
 def phone_region(region: str | None) -> str | None:
     """Canonical default region ("us" -> "US"); ValueError for one phonenumbers does not know."""

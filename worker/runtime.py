@@ -5,7 +5,9 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-from config.settings import Settings, get_settings
+import redis
+
+from config.settings import Settings, SettingsError, get_settings
 from worker.ratelimit import RateLimiter
 from worker.store import Store
 from worker.tiktok import TikTokClient
@@ -21,6 +23,7 @@ class Runtime:
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
         store = Store.from_settings(settings)
+        check_shards(store, settings)
         return cls(
             settings=settings,
             store=store,
@@ -32,6 +35,21 @@ class Runtime:
                 min_rate=settings.rate_limit_min_per_second,
                 recovery_per_second=settings.rate_limit_recovery_per_second,
             ),
+        )
+
+
+def check_shards(store: Store, settings: Settings) -> None:
+    """Ledgers are sharded by STATE_SHARDS: a different count would put ids under other keys."""
+    key = f"{settings.key_prefix}:meta:state_shards"
+    try:
+        store.r.set(key, settings.state_shards, nx=True)
+        current = int(store.r.get(key) or settings.state_shards)
+    except redis.RedisError:
+        return  # Redis is down: the first real command reports it
+    if current != settings.state_shards:
+        raise SettingsError(
+            f"invalid configuration:\n  STATE_SHARDS: is {settings.state_shards} but the ledgers in "
+            f"Redis are sharded {current} ways; set STATE_SHARDS={current}"
         )
 
 
