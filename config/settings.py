@@ -76,7 +76,8 @@ class Settings(BaseSettings):
     # Logs and operations.
     log_format: Literal["json", "console"] = "console"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    flower_basic_auth: str = ""
+    flower_basic_auth: str = ""  # user:password[,user:password]; empty: Flower on loopback only
+    flower_port: int = Field(5555, ge=1, le=65535)
     metrics_port: int = Field(9808, ge=0, le=65535)
 
     @field_validator("redis_url", "broker_url", "results_redis_url")
@@ -92,6 +93,15 @@ class Settings(BaseSettings):
         if not value.startswith(("http://", "https://")):
             raise ValueError("must be an http:// or https:// URL")
         return value.rstrip("/")
+
+    @field_validator("flower_basic_auth")
+    @classmethod
+    def _user_password(cls, value: str) -> str:
+        for entry in filter(None, (e.strip() for e in value.split(","))):
+            user, sep, password = entry.partition(":")
+            if not (user and sep and password):
+                raise ValueError("must be user:password (comma-separated for several)")
+        return value
 
     @field_validator("log_level", mode="before")
     @classmethod

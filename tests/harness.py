@@ -5,6 +5,7 @@ Nothing here touches the machine's shared Redis: each session starts its own ser
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -44,8 +45,21 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisServer:
-        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir,
-                "--save", "", "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "everysec"]
+        args = [
+            self.binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            self.dir,
+            "--save",
+            "",
+            "--appendonly",
+            "yes" if self.appendonly else "no",
+            "--appendfsync",
+            "everysec",
+        ]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = redis.Redis(port=self.port)
         for _ in range(200):
@@ -69,19 +83,49 @@ class RedisServer:
 class WorkerProcess:
     """`celery -A worker.app worker` as a subprocess, with the given environment."""
 
-    def __init__(self, env: dict[str, str], queues: str = "refresh,tiktok", pool: str = "threads",
-                 concurrency: int = 8, name: str | None = None, log_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        queues: str = "refresh,tiktok",
+        pool: str = "threads",
+        concurrency: int = 8,
+        name: str | None = None,
+        log_path: Path | None = None,
+    ) -> None:
         self.env = env
-        self.args = [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-Q", queues, "-P", pool,
-                     "-c", str(concurrency), "-n", f"{name or 'w' + str(free_port())}@%h", "--without-gossip",
-                     "--without-mingle", "-l", "INFO"]
+        self.args = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "worker.app",
+            "worker",
+            "-Q",
+            queues,
+            "-P",
+            pool,
+            "-c",
+            str(concurrency),
+            "-n",
+            f"{name or 'w' + str(free_port())}@%h",
+            "--without-gossip",
+            "--without-mingle",
+            "-l",
+            "INFO",
+        ]
         self.log_path = log_path or Path(tempfile.mkstemp(prefix="ts-worker-", suffix=".log")[1])
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> WorkerProcess:
         self._log = open(self.log_path, "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen(self.args, cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            self.args,
+            cwd=ROOT,
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         return self
 
     def children(self) -> list[int]:
@@ -92,10 +136,8 @@ class WorkerProcess:
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         if self.proc and self.proc.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, sig)
-            except ProcessLookupError:
-                pass
             self.proc.wait(30)
 
     def stop(self) -> None:
@@ -111,28 +153,40 @@ class WorkerProcess:
 
 
 def base_env(redis_url: str, tiktok_url: str, **extra: Any) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TIKTOK_", "REDIS_", "BROKER_"))}
-    env.update({
-        "REDIS_URL": redis_url,
-        "TIKTOK_API_BASE_URL": tiktok_url,
-        "TIKTOK_APP_ID": "test-app",
-        "TIKTOK_APP_SECRET": "test-secret",
-        "TOKEN_ENCRYPTION_KEY": "X2i7q0lQ8s0yH0pLq4Cj8wVbD3r1dQwzV3WlYx1m5pQ=",
-        "TIKTOK_AUDIENCE_WARMUP_SECONDS": "0",
-        "TIKTOK_BACKOFF_BASE": "0.05",
-        "TIKTOK_BACKOFF_MAX": "0.5",
-        "TIKTOK_READ_TIMEOUT": "2",
-        "RATE_LIMIT_PER_SECOND": "1000",
-        "LOG_FORMAT": "json",
-        "PYTHONPATH": str(ROOT),
-    })
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("TIKTOK_", "REDIS_", "BROKER_"))
+    }
+    env.update(
+        {
+            "REDIS_URL": redis_url,
+            "TIKTOK_API_BASE_URL": tiktok_url,
+            "TIKTOK_APP_ID": "test-app",
+            "TIKTOK_APP_SECRET": "test-secret",
+            "TOKEN_ENCRYPTION_KEY": "X2i7q0lQ8s0yH0pLq4Cj8wVbD3r1dQwzV3WlYx1m5pQ=",
+            "TIKTOK_AUDIENCE_WARMUP_SECONDS": "0",
+            "TIKTOK_BACKOFF_BASE": "0.05",
+            "TIKTOK_BACKOFF_MAX": "0.5",
+            "TIKTOK_READ_TIMEOUT": "2",
+            "RATE_LIMIT_PER_SECOND": "1000",
+            "LOG_FORMAT": "json",
+            "PYTHONPATH": str(ROOT),
+        }
+    )
     env.update({k.upper(): str(v) for k, v in extra.items()})
     return env
 
 
-def expected_pairs(rows: Iterable[Any], region: str | None = None, identifiers: Iterable[str] | None = None) -> set[tuple[str, str]]:
+def expected_pairs(
+    rows: Iterable[Any], region: str | None = None, identifiers: Iterable[str] | None = None
+) -> set[tuple[str, str]]:
     """The (id_schema, hex hash) pairs a snapshot should leave on TikTok: an independent reference."""
-    from worker.identifiers import COLUMNS, ID_SCHEMA, RejectedIdentifier, hash_normalized, normalize
+    from worker.identifiers import (
+        COLUMNS,
+        ID_SCHEMA,
+        RejectedIdentifier,
+        hash_normalized,
+        normalize,
+    )
     from worker.sources import Member
 
     allowed = set(identifiers) if identifiers else None
@@ -165,7 +219,9 @@ def held_pairs(members: dict[str, set[str]] | dict[str, list[str]]) -> set[tuple
     return {(schema, h) for schema, hashes in members.items() for h in hashes}
 
 
-def wait_until(predicate: Any, timeout: float = 60, poll: float = 0.2, what: str = "condition") -> Any:
+def wait_until(
+    predicate: Any, timeout: float = 60, poll: float = 0.2, what: str = "condition"
+) -> Any:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         value = predicate()

@@ -14,21 +14,30 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from worker import api
-from worker.models import AT_REST, JobRecord, JobStatus
+from worker.models import JobRecord, JobStatus
 from worker.secrets import new_key
 
-cli = typer.Typer(help="Keep TikTok custom audiences in step with CDP audiences.", no_args_is_help=True,
-                  pretty_exceptions_enable=False)
-destination_cli = typer.Typer(help="Private destinations: a TikTok advertiser and its access token.",
-                              no_args_is_help=True)
-audience_cli = typer.Typer(help="Links between CDP audiences and TikTok audiences.", no_args_is_help=True)
-auth_cli = typer.Typer(help="TikTok OAuth: turn an auth code into an access token.", no_args_is_help=True)
+cli = typer.Typer(
+    help="Keep TikTok custom audiences in step with CDP audiences.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+destination_cli = typer.Typer(
+    help="Private destinations: a TikTok advertiser and its access token.", no_args_is_help=True
+)
+audience_cli = typer.Typer(
+    help="Links between CDP audiences and TikTok audiences.", no_args_is_help=True
+)
+auth_cli = typer.Typer(
+    help="TikTok OAuth: turn an auth code into an access token.", no_args_is_help=True
+)
 cli.add_typer(destination_cli, name="destination")
 cli.add_typer(audience_cli, name="audience")
 cli.add_typer(auth_cli, name="auth")
 # Piped output (scripts, CI logs) gets wide tables instead of rich's 80-column default.
 out = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True)
+
 
 @cli.callback()
 def _setup() -> None:
@@ -60,6 +69,15 @@ def _guard(fn: Any, *args: Any, **kwargs: Any) -> Any:
     try:
         return fn(*args, **kwargs)
     except (LookupError, ValueError) as error:
+        from pydantic import ValidationError
+
+        if isinstance(error, ValidationError):  # the field and the reason, not pydantic's help URL
+            _fail(
+                "; ".join(
+                    f"{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}"
+                    for e in error.errors()
+                )
+            )
         _fail(str(error))
     except Exception as error:
         from worker.tiktok import TikTokError
@@ -80,17 +98,37 @@ def keygen() -> None:
 def destination_add(
     name: Annotated[str, typer.Option(help="A name people recognise")],
     advertiser_id: Annotated[str, typer.Option(help="The TikTok advertiser (ad account) id")],
-    access_token: Annotated[str, typer.Option(help="The access token for that advertiser", envvar="TIKTOK_ACCESS_TOKEN")],
-    identifiers: Annotated[str, typer.Option(help="Identifiers sent: any of email,phone,idfa,gaid")] = "email,phone,idfa,gaid",
-    phone_region: Annotated[str | None, typer.Option(help="Default region for phones without country code")] = None,
-    rate: Annotated[float | None, typer.Option(help="Requests/s budget for this advertiser")] = None,
-    destination_id: Annotated[str | None, typer.Option("--id", help="Choose the id (default: generated)")] = None,
-    verify: Annotated[bool, typer.Option(help="Check token and advertiser with TikTok first")] = False,
+    access_token: Annotated[
+        str, typer.Option(help="The access token for that advertiser", envvar="TIKTOK_ACCESS_TOKEN")
+    ],
+    identifiers: Annotated[
+        str, typer.Option(help="Identifiers sent: any of email,phone,idfa,gaid")
+    ] = "email,phone,idfa,gaid",
+    phone_region: Annotated[
+        str | None, typer.Option(help="Default region for phones without country code")
+    ] = None,
+    rate: Annotated[
+        float | None, typer.Option(help="Requests/s budget for this advertiser")
+    ] = None,
+    destination_id: Annotated[
+        str | None, typer.Option("--id", help="Choose the id (default: generated)")
+    ] = None,
+    verify: Annotated[
+        bool, typer.Option(help="Check token and advertiser with TikTok first")
+    ] = False,
 ) -> None:
     """Create a private destination; prints its id."""
-    dest = _guard(api.add_destination, name, advertiser_id, access_token,
-                  identifiers=[i.strip() for i in identifiers.split(",") if i.strip()], phone_region=phone_region,
-                  rate_per_second=rate, destination_id=destination_id, verify=verify)
+    dest = _guard(
+        api.add_destination,
+        name,
+        advertiser_id,
+        access_token,
+        identifiers=[i.strip() for i in identifiers.split(",") if i.strip()],
+        phone_region=phone_region,
+        rate_per_second=rate,
+        destination_id=destination_id,
+        verify=verify,
+    )
     print(dest.id)
 
 
@@ -103,7 +141,9 @@ def destination_list(json_: JsonOpt = False) -> None:
         return
     table = Table("id", "name", "advertiser", "identifiers", "region", "status")
     for d in dests:
-        table.add_row(d.id, d.name, d.advertiser_id, ",".join(d.identifiers), d.phone_region or "-", d.status)
+        table.add_row(
+            d.id, d.name, d.advertiser_id, ",".join(d.identifiers), d.phone_region or "-", d.status
+        )
     out.print(table)
 
 
@@ -143,14 +183,33 @@ def destination_remove(destination_id: str) -> None:
 def audience_link(
     audience_id: str,
     destination: Annotated[str, typer.Option(help="Destination id")],
-    tiktok_audience_id: Annotated[str | None, typer.Option(help="Use this TikTok audience (default: create one)")] = None,
+    tiktok_audience_id: Annotated[
+        str | None, typer.Option(help="Use this TikTok audience (default: create one)")
+    ] = None,
     name: Annotated[str | None, typer.Option(help="Name of the TikTok audience to create")] = None,
-    members: Annotated[str | None, typer.Option(help="Members URI for scheduled refreshes (strftime template)")] = None,
-    every: Annotated[float | None, typer.Option(help="Scheduled refresh every N seconds")] = None,
+    members: Annotated[
+        str | None, typer.Option(help="Members URI for scheduled refreshes (strftime template)")
+    ] = None,
+    every: Annotated[
+        str | None, typer.Option(help="Scheduled refresh every N seconds, or 30m, 6h, 1d")
+    ] = None,
+    id_extension: Annotated[
+        bool, typer.Option(help="Add identity-graph identifiers (`idgraph load`)")
+    ] = False,
 ) -> None:
     """Link a CDP audience to a TikTok audience; prints the TikTok audience id."""
-    link = _guard(api.link_audience, destination, audience_id, tiktok_audience_id=tiktok_audience_id, name=name,
-                  members_uri=members, refresh_every_seconds=every)
+    from worker.cli_admin import parse_duration
+
+    link = _guard(
+        api.link_audience,
+        destination,
+        audience_id,
+        tiktok_audience_id=tiktok_audience_id,
+        name=name,
+        members_uri=members,
+        refresh_every_seconds=_guard(parse_duration, every) if every else None,
+        id_extension=id_extension,
+    )
     print(link.tiktok_audience_id)
 
 
@@ -163,50 +222,130 @@ def audience_unlink(audience_id: str, destination: Annotated[str, typer.Option()
 
 
 @audience_cli.command("list")
-def audience_list(destination: Annotated[str | None, typer.Option()] = None, json_: JsonOpt = False) -> None:
+def audience_list(
+    destination: Annotated[str | None, typer.Option()] = None, json_: JsonOpt = False
+) -> None:
     """Linked audiences with last/next refresh and match rate."""
     links = api.runtime().store.links(destination)
     if json_:
         _print_json([link.model_dump() for link in links])
         return
-    table = Table("audience", "destination", "tiktok id", "last refresh", "next refresh", "synced", "matched")
+    table = Table(
+        "audience", "destination", "tiktok id", "last refresh", "next refresh", "synced", "matched"
+    )
     for link in links:
-        table.add_row(link.audience_id, link.destination_id, link.tiktok_audience_id, _ts(link.last_refresh_at),
-                      _ts(link.next_refresh_at), str(link.synced_ids or "-"),
-                      f"{link.matched} ({link.matched / link.synced_ids:.0%})" if link.matched and link.synced_ids else "-")
+        table.add_row(
+            link.audience_id,
+            link.destination_id,
+            link.tiktok_audience_id,
+            _ts(link.last_refresh_at),
+            _ts(link.next_refresh_at),
+            str(link.synced_ids or "-"),
+            f"{link.matched} ({link.matched / link.synced_ids:.0%})"
+            if link.matched and link.synced_ids
+            else "-",
+        )
     out.print(table)
 
 
 # -- jobs ------------------------------------------------------------------------------------------------
+def _sum(job: JobRecord, group: str) -> int:
+    return sum(v for k, v in job.counts.items() if k.startswith(group + ":"))
+
+
+def _live_counts(job: JobRecord) -> str:
+    """The counts people watch while a job runs, on one line."""
+    parts = [f"rows {job.count('rows_read'):,}"]
+    if job.count("batches_total"):
+        parts.append(
+            f"sent +{_sum(job, 'sent_add'):,}/-{_sum(job, 'sent_delete'):,}"
+            f" of +{_sum(job, 'adds'):,}/-{_sum(job, 'removes'):,}"
+        )
+        parts.append(
+            f"ok {job.count('batches_succeeded')} failed {job.count('batches_failed')}"
+            + (f" parked {job.count('batches_parked')}" if job.count("batches_parked") else "")
+        )
+    if job.count("retries") or job.count("rate_limited_answers"):
+        parts.append(
+            f"retries {job.count('retries')} throttled {job.count('rate_limited_answers')}"
+        )
+    return " · ".join(parts)
+
+
 def _progress(job_id: str, timeout: float) -> JobRecord:
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err, transient=False) as bar:
-        task = bar.add_task(f"{job_id} queued", total=None)
+    """A progress bar over the job's batches with live counts, until the job is at rest."""
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("batches"),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[counts]}"),
+        # Not a terminal (CI, pipes): one final frame, wide enough for the counts.
+        console=err if err.is_terminal else Console(stderr=True, width=200),
+        transient=False,
+    ) as bar:
+        task = bar.add_task(f"{job_id} queued", total=None, counts="")
 
         def show(job: JobRecord) -> None:
             total = job.count("batches_total") or None
-            bar.update(task, total=total, completed=job.count("batches_finished"),
-                       description=f"{job_id} {job.status}/{job.phase} rows={job.count('rows_read')}")
+            bar.update(
+                task,
+                total=total,
+                completed=job.count("batches_finished"),
+                description=f"{job_id} {job.status}/{job.phase}",
+                counts=_live_counts(job),
+            )
 
-        return api.wait_for(job_id, timeout=timeout, on_progress=show)
+        try:
+            return api.wait_for(job_id, timeout=timeout, on_progress=show)
+        except LookupError as error:
+            _fail(str(error))
+        except TimeoutError:
+            _fail(
+                f"job {job_id} is still running after {timeout:.0f}s; follow it with "
+                f"`tiktok-sync status {job_id} --follow`"
+            )
+        raise AssertionError("unreachable")
 
 
 @cli.command()
 def refresh(
     audience_id: str,
     destination: Annotated[str, typer.Option(help="Destination id")],
-    members: Annotated[str, typer.Option(help="Snapshot: path, file:// or http(s):// URI (.gz ok)")],
-    format: Annotated[str | None, typer.Option(help="csv or ndjson (default: from the name)")] = None,
-    job_id: Annotated[str | None, typer.Option(help="Idempotency key: the same id twice is one job")] = None,
-    wait: Annotated[bool, typer.Option(help="Show progress; exit non-zero unless the job succeeded")] = False,
+    members: Annotated[
+        str, typer.Option(help="Snapshot: path, file:// or http(s):// URI (.gz ok)")
+    ],
+    format: Annotated[
+        str | None, typer.Option(help="csv or ndjson (default: from the name)")
+    ] = None,
+    job_id: Annotated[
+        str | None, typer.Option(help="Idempotency key: the same id twice is one job")
+    ] = None,
+    wait: Annotated[
+        bool, typer.Option(help="Show progress; exit non-zero unless the job succeeded")
+    ] = False,
     dry_run: Annotated[bool, typer.Option(help="Report adds/removes, send nothing")] = False,
-    resync: Annotated[bool, typer.Option(help="Send every member again, whatever the ledger says")] = False,
+    resync: Annotated[
+        bool, typer.Option(help="Send every member again, whatever the ledger says")
+    ] = False,
     allow_mass_delete: Annotated[bool, typer.Option(help="Skip the mass-delete guard")] = False,
-    timeout: Annotated[float, typer.Option(help="With --wait: give up after this many seconds")] = 3600,
+    timeout: Annotated[
+        float, typer.Option(help="With --wait: give up after this many seconds")
+    ] = 3600,
 ) -> None:
     """Enqueue a refresh of one audience from a members snapshot; prints the job id."""
-    job = _guard(api.enqueue_refresh, destination, audience_id, members=members, format=format, job_id=job_id,
-                 dry_run=dry_run, resync=resync, allow_mass_delete=allow_mass_delete)
+    job = _guard(
+        api.enqueue_refresh,
+        destination,
+        audience_id,
+        members=members,
+        format=format,
+        job_id=job_id,
+        dry_run=dry_run,
+        resync=resync,
+        allow_mass_delete=allow_mass_delete,
+    )
     print(job)
     if wait:
         record = _progress(job, timeout)
@@ -225,19 +364,38 @@ def _job_dict(job: JobRecord, batches: bool = False) -> dict[str, Any]:
     return data
 
 
+STATUS_COLOUR = {
+    "succeeded": "green",
+    "dry_run": "green",
+    "held": "yellow",
+    "running": "cyan",
+    "queued": "cyan",
+    "waiting": "cyan",
+    "superseded": "dim",
+}
+
+
 def _print_summary(job: JobRecord) -> None:
-    colour = {"succeeded": "green", "dry_run": "green", "held": "yellow", "running": "cyan"}.get(job.status, "red")
-    out.print(f"[bold]{job.job_id}[/bold] [{colour}]{job.status}[/{colour}]  {job.destination_id}/{job.audience_id}"
-              f"  created {_ts(job.created_at)}  finished {_ts(job.finished_at)}", highlight=False)
+    colour = STATUS_COLOUR.get(job.status, "red")
+    out.print(
+        f"[bold]{job.job_id}[/bold] [{colour}]{job.status}[/{colour}]  {job.destination_id}/{job.audience_id}"
+        f"  created {_ts(job.created_at)}  finished {_ts(job.finished_at)}",
+        highlight=False,
+    )
     if job.message:
         out.print(f"  {job.message}", highlight=False)
     for key, value in job.summary().items():
         if isinstance(value, dict):
-            out.print(f"  {key:18} " + ", ".join(f"{k}={v}" for k, v in value.items()), highlight=False)
+            out.print(
+                f"  {key:18} " + ", ".join(f"{k}={v}" for k, v in value.items()), highlight=False
+            )
         else:
             out.print(f"  {key:18} {value}", highlight=False)
     if job.counts.get("matched") is not None and job.count("synced_ids"):
-        out.print(f"  match rate         {job.count('matched') / job.count('synced_ids'):.1%}", highlight=False)
+        out.print(
+            f"  match rate         {job.count('matched') / job.count('synced_ids'):.1%}",
+            highlight=False,
+        )
 
 
 @cli.command()
@@ -245,7 +403,9 @@ def status(
     job_id: str,
     json_: JsonOpt = False,
     batches: Annotated[bool, typer.Option(help="Include every batch record")] = False,
-    follow: Annotated[bool, typer.Option(help="Show live progress until the job is at rest")] = False,
+    follow: Annotated[
+        bool, typer.Option(help="Show live progress until the job is at rest")
+    ] = False,
 ) -> None:
     """One job: status, counts, and (with --batches) every batch."""
     if follow:
@@ -259,10 +419,20 @@ def status(
         return
     _print_summary(job)
     if batches:
-        table = Table("batch", "action", "schema", "size", "state", "attempts", "code", "request id")
+        table = Table(
+            "batch", "action", "schema", "size", "state", "attempts", "code", "request id"
+        )
         for b in api.runtime().store.batches(job_id):
-            table.add_row(b.batch_id, b.action, b.schema_, str(b.size), b.state, str(b.attempts),
-                          str(b.last_code if b.last_code is not None else "-"), b.request_id or "-")
+            table.add_row(
+                b.batch_id,
+                b.action,
+                b.schema_,
+                str(b.size),
+                b.state,
+                str(b.attempts),
+                str(b.last_code if b.last_code is not None else "-"),
+                b.request_id or "-",
+            )
         out.print(table)
 
 
@@ -278,13 +448,40 @@ def jobs(
     if json_:
         _print_json([_job_dict(j) for j in records])
         return
-    table = Table("job", "status", "destination", "audience", "created", "rows", "adds", "removes", "batches")
+    table = Table(
+        "job",
+        "status",
+        "destination",
+        "audience",
+        "created",
+        "took",
+        "rows",
+        "adds",
+        "removes",
+        "batches ok",
+        "failed",
+    )
     for j in records:
-        s = j.summary()
-        table.add_row(j.job_id, str(j.status), j.destination_id, j.audience_id, _ts(j.created_at),
-                      str(j.count("rows_read")), str(sum(s.get("adds", {}).values())),
-                      str(sum(s.get("removes", {}).values())),
-                      f"{j.count('batches_succeeded')}/{j.count('batches_total')}")
+        colour = STATUS_COLOUR.get(j.status, "red")
+        took = (
+            f"{(j.finished_at or time.time()) - (j.started_at or j.created_at):.0f}s"
+            if j.started_at
+            else "-"
+        )
+        failed = j.count("batches_failed") + j.count("batches_parked")
+        table.add_row(
+            j.job_id,
+            f"[{colour}]{j.status}[/{colour}]",
+            j.destination_id,
+            j.audience_id,
+            _ts(j.created_at),
+            took,
+            f"{j.count('rows_read'):,}",
+            f"{_sum(j, 'adds'):,}",
+            f"{_sum(j, 'removes'):,}",
+            f"{j.count('batches_succeeded')}/{j.count('batches_total')}",
+            f"[red]{failed}[/red]" if failed else "0",
+        )
     out.print(table)
 
 
@@ -305,25 +502,58 @@ def resume(job_id: str) -> None:
 # -- auth ---------------------------------------------------------------------------------------------------
 @auth_cli.command("exchange")
 def auth_exchange(
-    auth_code: Annotated[str, typer.Option(help="The auth_code from TikTok's redirect (single use, ~10 min)")],
-    destination: Annotated[str | None, typer.Option(help="Store the token on this destination")] = None,
+    auth_code: Annotated[
+        str, typer.Option(help="The auth_code from TikTok's redirect (single use, ~10 min)")
+    ],
+    destination: Annotated[
+        str | None, typer.Option(help="Store the token on this destination")
+    ] = None,
+    show_token: Annotated[
+        bool, typer.Option(help="Print the access token (a secret: keep it out of logs)")
+    ] = False,
     json_: JsonOpt = False,
 ) -> None:
     """Exchange an auth code for an access token (TIKTOK_APP_ID / TIKTOK_APP_SECRET from settings)."""
     rt = api.runtime()
     from worker.tiktok import TikTokError
 
+    # Checked before the single-use code is spent.
+    dest = _guard(rt.store.require_destination, destination) if destination else None
     try:
         data = rt.client.exchange_auth_code(auth_code)
     except TikTokError as error:
-        _fail(f"TikTok refused the auth code: {error}. Auth codes are single-use and expire after about "
-              "10 minutes: ask the advertiser to authorise the app again and send the new code at once.")
+        if any(word in error.message.lower() for word in ("secret", "app_id", "app id")):
+            _fail(
+                f"TikTok refused the app credentials: {error}. Check TIKTOK_APP_ID and TIKTOK_APP_SECRET "
+                "(your TikTok app's id and secret); the auth code was not used and stays valid until it "
+                "expires (about 10 minutes after it was issued)."
+            )
+        _fail(
+            f"TikTok refused the auth code: {error}. Auth codes are single-use and expire after about "
+            "10 minutes: ask the advertiser to authorise the app again and send the new code at once."
+        )
         return
     advertisers = [str(a) for a in data.get("advertiser_ids", [])]
-    if destination:
-        _guard(api.update_token, destination, data["access_token"])
+    if show_token and not json_:
+        print(f"access token: {data['access_token']}")
+    if dest is not None:
+        if dest.advertiser_id not in advertisers:
+            _fail(
+                f"the token grants advertiser(s) {', '.join(advertisers) or 'none'}, not {dest.advertiser_id} "
+                f"of destination {dest.id}: token NOT stored. Ask the advertiser to authorise the app for "
+                "that ad account"
+                + ("" if show_token else " (or use --show-token to keep this token)")
+                + "."
+            )
+        _guard(api.update_token, dest.id, data["access_token"])
     if json_:
-        _print_json({"advertiser_ids": advertisers, "stored_on": destination})
+        _print_json(
+            {
+                "advertiser_ids": advertisers,
+                "stored_on": destination,
+                **({"access_token": data["access_token"]} if show_token else {}),
+            }
+        )
     else:
         print("advertiser ids granted: " + (", ".join(advertisers) or "none"))
         if destination:
@@ -335,6 +565,7 @@ def auth_exchange(
 def main() -> None:
     # Command groups that live in their own modules register themselves on `cli` when imported.
     # (Imported by name so that `python -m worker.cli` and the console script share one `cli`.)
+    import worker.cli_admin
     import worker.cli_ops  # noqa: F401
     from worker.cli import cli as root
 

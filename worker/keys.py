@@ -98,3 +98,29 @@ class Keys:
     # rate limiter
     def rate(self, app: str, advertiser: str) -> str:
         return f"{self.prefix}:rate:{{{app}:{advertiser}}}"
+
+    # schedules: one claim per (link, due time), so two beats enqueue a due refresh once
+    def schedule_claim(self, dest: str, audience: str, due: float) -> str:
+        return f"{self.prefix}:sched:{dest}:{audience}:{due!r}"
+
+    # global suppression list (worker/suppression.py), sharded like the ledgers
+    def suppressed(self, shard: int, schema: str) -> str:
+        return f"{self.prefix}:supp:{shard}:{schema}"
+
+    def suppression_pending(self, dest: str, audience: str) -> str:
+        return f"{self.prefix}:supp:pending:{dest}:{audience}"
+
+    def suppression_audit(self, schema: str, hex_digest: str) -> str:
+        return f"{self.prefix}:supp:audit:{schema}:{hex_digest}"
+
+    @property
+    def suppression_log(self) -> str:
+        return f"{self.prefix}:supp:log"
+
+    # identity graph (worker/idgraph.py): generations of sharded hashes user_id -> ids
+    @property
+    def idgraph_meta(self) -> str:
+        return f"{self.prefix}:idgraph:meta"
+
+    def idgraph(self, generation: str, shard: int) -> str:
+        return f"{self.prefix}:idgraph:{generation}:{shard}"

@@ -26,8 +26,13 @@ class JobStatus(enum.StrEnum):
 
 
 TERMINAL = frozenset(
-    {JobStatus.SUCCEEDED, JobStatus.PARTIALLY_FAILED, JobStatus.FAILED, JobStatus.SUPERSEDED,
-     JobStatus.DRY_RUN}
+    {
+        JobStatus.SUCCEEDED,
+        JobStatus.PARTIALLY_FAILED,
+        JobStatus.FAILED,
+        JobStatus.SUPERSEDED,
+        JobStatus.DRY_RUN,
+    }
 )
 # auth_failed and held are resumable: not terminal for the reconciler, but the job is at rest.
 AT_REST = TERMINAL | {JobStatus.AUTH_FAILED, JobStatus.HELD}
@@ -142,13 +147,26 @@ class JobRecord(BaseModel):
 
     updated_at: float | None = None
 
-    META: ClassVar[tuple[str, ...]] = ("status", "phase", "destination_id", "audience_id", "source", "mode", "message",
-            "created_at", "started_at", "finished_at", "updated_at")
+    META: ClassVar[tuple[str, ...]] = (
+        "status",
+        "phase",
+        "destination_id",
+        "audience_id",
+        "source",
+        "mode",
+        "message",
+        "created_at",
+        "started_at",
+        "finished_at",
+        "updated_at",
+    )
 
     @classmethod
     def from_hash(cls, job_id: str, raw: dict[str, str]) -> JobRecord:
         meta = {k: raw[k] for k in cls.META if k in raw and raw[k] != ""}
-        counts = {k: int(v) for k, v in raw.items() if k not in cls.META and v.lstrip("-").isdigit()}
+        counts = {
+            k: int(v) for k, v in raw.items() if k not in cls.META and v.lstrip("-").isdigit()
+        }
         return cls(job_id=job_id, counts=counts, **meta)
 
     def count(self, name: str) -> int:

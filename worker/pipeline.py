@@ -17,17 +17,22 @@ from typing import Any
 import structlog
 
 from worker.identifiers import COLUMNS, ID_SCHEMA, Hasher, IdType, RejectedIdentifier
-from worker.locks import AudienceLocks, LockResult
+from worker.idgraph import Extension
+from worker.locks import AudienceLocks, JobRuns, LeaseLost, LockResult
 from worker.models import AT_REST, BatchState, Destination, JobSpec, JobStatus
 from worker.runtime import Runtime
 from worker.sources import Member, RejectedRow, SourceError, iter_inline, open_source, split_ranges
+from worker.suppression import Suppressions
+from worker.suppression import settle as settle_suppressions
 
 log = structlog.get_logger(__name__)
 
 SCHEMAS = tuple(ID_SCHEMA.values())
-STAGE_FLUSH = 20_000  # ids buffered before one pipelined round of variadic SADDs
+STAGE_FLUSH = 100_000  # ids buffered before one pipelined round of variadic SADDs (~8 MB)
 PLAN_FLUSH = 50  # batches written per pipeline while planning
 REJECT_SAMPLES = 20
+_BATCH_COUNTERS = ("batches_total", "batches_finished", "batches_succeeded", "batches_failed",
+                   "batches_parked", "batches_split")
 
 
 @dataclass
@@ -43,6 +48,23 @@ class Step:
 
 def locks(rt: Runtime) -> AudienceLocks:
     return AudienceLocks(rt.store.r, rt.store.keys, rt.settings.lock_lease_seconds)
+
+
+def runs(rt: Runtime) -> JobRuns:
+    return JobRuns(rt.store.r, rt.store.keys, rt.settings.lock_lease_seconds)
+
+
+def renewer(rt: Runtime, spec: JobSpec, run: str | None = None) -> Any:
+    """Renew the audience lock (and this execution's run claim); LeaseLost once either is gone."""
+    lk, jr = locks(rt), runs(rt)
+
+    def renew() -> None:
+        if not lk.renew(spec.destination_id, spec.audience_id, spec.job_id):
+            raise LeaseLost(f"job {spec.job_id} lost the lock of its audience")
+        if run is not None and not jr.renew(spec.job_id, run):
+            raise LeaseLost(f"another execution took over job {spec.job_id}")
+
+    return renew
 
 
 # -- staging ---------------------------------------------------------------------------------
@@ -71,12 +93,20 @@ class Stager:
         self.buffer: dict[tuple[int, str], list[bytes]] = {}
         self.buffered = 0
         self.stats = StageCounts()
+        # Per source column, resolved once (add() runs per identifier, and formatting an IdType
+        # into a count key costs more than a dict look-up): type, pre-hashed, allowed, count
+        # keys, and the buffer slot (shard, schema) of each possible first byte of a digest.
+        self.columns: dict[str, tuple[IdType, bool, bool, str, str, tuple[Any, ...]]] = {
+            column: (id_type, prehashed, id_type in self.allowed, f"valid:{id_type}",
+                     f"ignored:{id_type}",
+                     tuple((b % self.shards, ID_SCHEMA[id_type]) for b in range(256)))
+            for column, (id_type, prehashed) in COLUMNS.items()
+        }
 
     def add(self, rows: Iterable[Member | RejectedRow]) -> None:
         counts = self.stats.counts
         digest = self.hasher.digest
-        schema_of = ID_SCHEMA
-        shards = self.shards
+        columns = self.columns
         buffer = self.buffer
         for row in rows:
             counts["rows_read"] += 1
@@ -88,9 +118,9 @@ class Stager:
                 continue
             valid = 0
             for column, values in row.identifiers.items():
-                id_type, prehashed = COLUMNS[column]
-                if id_type not in self.allowed:
-                    counts[f"ignored:{id_type}"] += len(values)
+                id_type, prehashed, allowed, valid_key, ignored_key, slots = columns[column]
+                if not allowed:
+                    counts[ignored_key] += len(values)
                     continue
                 for value in values:
                     try:
@@ -99,8 +129,8 @@ class Stager:
                         counts[f"rejected_id:{id_type}:{error.reason}"] += 1
                         continue
                     valid += 1
-                    counts[f"valid:{id_type}"] += 1
-                    slot = (d[0] % shards, schema_of[id_type])
+                    counts[valid_key] += 1
+                    slot = slots[d[0]]
                     bucket = buffer.get(slot)
                     if bucket is None:
                         buffer[slot] = [d]
@@ -164,15 +194,14 @@ def drop_job_state(rt: Runtime, spec: JobSpec) -> None:
 
 
 def stage(rt: Runtime, spec: JobSpec, dest: Destination, byte_range: tuple[int, int] | None = None,
-          fresh: bool = True) -> Counter:
+          fresh: bool = True, renew: Any = None) -> Counter:
     """Stream the snapshot (or one byte range of it, or the delta's two lists) into staging sets.
 
     Returns the counts. `fresh` drops what an earlier attempt of this job staged; parts of a
     split snapshot pass False (SADD is idempotent, so a re-run part repeats nothing).
     """
     keys = rt.store.keys
-    lk = locks(rt)
-    renew = lambda: lk.renew(spec.destination_id, spec.audience_id, spec.job_id)  # noqa: E731
+    renew = renew or renewer(rt, spec)
 
     def plus(shard: int, schema: str) -> str:
         return keys.stage(spec.destination_id, spec.audience_id, shard, schema, spec.job_id)
@@ -189,9 +218,13 @@ def stage(rt: Runtime, spec: JobSpec, dest: Destination, byte_range: tuple[int, 
         parts = [(plus, spec.additions or [], ""), (minus, spec.removals or [], "removal_")]
     else:
         parts = [(plus, None, "")]
+    link = rt.store.link(spec.destination_id, spec.audience_id)
+    extension = Extension(rt, dest) if link is not None and link.id_extension else None
     for key_for, members, prefix in parts:
         stager = Stager(rt, dest, key_for, renew)
-        stager.add(_rows(rt, spec, members, byte_range))
+        rows = _rows(rt, spec, members, byte_range)
+        # ID extension wraps the rows (graph lookups per chunk); Stager.add itself is unchanged.
+        stager.add(extension.extend(rows, stager.stats.counts) if extension else rows)
         stager.flush()
         total.update({prefix + k: v for k, v in stager.stats.counts.items()})
         samples.extend(stager.stats.samples)
@@ -201,35 +234,56 @@ def stage(rt: Runtime, spec: JobSpec, dest: Destination, byte_range: tuple[int, 
 
 # -- diff and guard ----------------------------------------------------------------------------
 def diff(rt: Runtime, spec: JobSpec) -> Counter:
-    """Server-side, shard by shard: adds = staged − synced, removes = synced − staged."""
+    """Server-side, shard by shard: adds = staged − synced, removes = synced − staged.
+
+    Globally suppressed ids (worker/suppression.py) are never added, and every job removes
+    those the ledger still holds: adds −= suppressed, removes ∪= synced ∩ suppressed.
+    """
     keys = rt.store.keys
     r = rt.store.r
     counts: Counter = Counter()
     d, a, j = spec.destination_id, spec.audience_id, spec.job_id
+    suppressed = Suppressions(rt).active()  # shards without suppressed ids skip the extra work
     for shard in range(rt.settings.state_shards):
         pipe = r.pipeline(transaction=False)
+        extra: list[str] = []  # schemas with suppressed ids in this shard: 2 more results each
         for schema in SCHEMAS:
             ledger = keys.ledger(d, a, shard, schema)
             staged = keys.stage(d, a, shard, schema, j)
             add, rem = keys.diff(d, a, shard, schema, j, "add"), keys.diff(d, a, shard, schema, j, "del")
+            supp = [keys.suppressed(shard, schema)] if (shard, schema) in suppressed else []
             if spec.mode == "delta":
-                pipe.sdiffstore(add, [staged, ledger])
+                pipe.sdiffstore(add, [staged, ledger, *supp])
                 pipe.sinterstore(rem, [keys.stage(d, a, shard, schema, j + "~minus"), ledger])
             elif spec.resync:
-                pipe.sunionstore(add, [staged])  # every member again, whatever the ledger says
+                pipe.sdiffstore(add, [staged, *supp])  # every member again, whatever the ledger says
                 pipe.sdiffstore(rem, [ledger, staged])
             else:
-                pipe.sdiffstore(add, [staged, ledger])
+                pipe.sdiffstore(add, [staged, ledger, *supp])
                 pipe.sdiffstore(rem, [ledger, staged])
             pipe.scard(ledger)
             pipe.scard(staged)
+            if supp:
+                extra.append(schema)
+        for schema in extra:
+            ledger, staged = keys.ledger(d, a, shard, schema), keys.stage(d, a, shard, schema, j)
+            rem, held = keys.diff(d, a, shard, schema, j, "del"), keys.diff(d, a, shard, schema, j, "supp")
+            pipe.sinterstore(held, [ledger, keys.suppressed(shard, schema)])
+            pipe.sunionstore(rem, [rem, held])
+            pipe.unlink(held)
+            pipe.sintercard(2, [staged, keys.suppressed(shard, schema)])
         results = pipe.execute()
+        n = 4 * len(SCHEMAS)
         for i, schema in enumerate(SCHEMAS):
             n_add, n_rem, n_ledger, n_staged = results[4 * i : 4 * i + 4]
             counts[f"adds:{schema}"] += n_add
             counts[f"removes:{schema}"] += n_rem
             counts[f"synced_before:{schema}"] += n_ledger
             counts[f"staged:{schema}"] += n_staged
+        for k, schema in enumerate(extra):
+            _, n_rem, _, n_staged_suppressed = results[n + 4 * k : n + 4 * k + 4]
+            counts[f"removes:{schema}"] += n_rem - results[4 * SCHEMAS.index(schema) + 1]
+            counts[f"suppressed:{schema}"] += n_staged_suppressed
     return +counts
 
 
@@ -261,25 +315,31 @@ def mass_delete_reason(rt: Runtime, spec: JobSpec, counts: Counter) -> str | Non
 
 
 # -- planning ------------------------------------------------------------------------------------
-def plan(rt: Runtime, spec: JobSpec) -> list[str]:
+def plan(rt: Runtime, spec: JobSpec, renew: Any = None) -> list[str]:
     """Cut each schema's adds and deletes into batches stored in Redis; returns their ids."""
     store = rt.store
     keys = store.keys
     size = rt.settings.tiktok_batch_size
     d, a, j = spec.destination_id, spec.audience_id, spec.job_id
-    # A redelivered plan starts over: no batch was enqueued before the phase became "sending".
+    # A re-run plan starts over, completion counters included. Its batch ids are new: a message
+    # of an earlier plan still in flight (phase lost in a Redis crash) then finds no batch.
+    attempt = int(store.r.hincrby(keys.job(j), "plans", 1))
     old = store.batch_ids(j)
     if old:
         store.r.unlink(*[keys.batch(b) for b in old], *[keys.batch_data(b) for b in old], keys.job_batches(j))
-        store.r.hset(keys.job(j), "batches_total", 0)
+        store.r.hset(keys.job(j), mapping=dict.fromkeys(_BATCH_COUNTERS, 0))
+        store.r.delete(keys.job_finalize(j))
+    suffix = "" if attempt == 1 else f"p{attempt}"
     ids: list[str] = []
     pending: list[tuple[str, str, str, bytes]] = []
 
     def emit(action: str, schema: str, chunk: list[bytes]) -> None:
-        batch_id = f"{j}-{len(ids) + 1:05d}"
+        batch_id = f"{j}-{len(ids) + 1:05d}{suffix}"
         ids.append(batch_id)
         pending.append((batch_id, action, schema, b"".join(chunk)))
         if len(pending) >= PLAN_FLUSH:
+            if renew is not None:
+                renew()  # LeaseLost: another execution plans this job now; write nothing more
             store.add_batches(j, pending)
             pending.clear()
 
@@ -287,14 +347,20 @@ def plan(rt: Runtime, spec: JobSpec) -> list[str]:
         for schema in SCHEMAS:
             chunk: list[bytes] = []
             for shard in range(rt.settings.state_shards):
-                for digest in store.r.sscan_iter(keys.diff(d, a, shard, schema, j, kind), count=5000):
-                    chunk.append(digest)
-                    if len(chunk) == size:
-                        emit(action, schema, chunk)
-                        chunk = []
+                key, cursor = keys.diff(d, a, shard, schema, j, kind), 0
+                while True:  # SSCAN page by page: slices, not a Python step per id
+                    cursor, page = store.r.sscan(key, cursor, count=5000)
+                    chunk.extend(page)
+                    while len(chunk) >= size:
+                        emit(action, schema, chunk[:size])
+                        del chunk[:size]
+                    if not cursor:
+                        break
             if chunk:
                 emit(action, schema, chunk)
     if pending:
+        if renew is not None:
+            renew()
         store.add_batches(j, pending)
     return ids
 
@@ -309,13 +375,38 @@ def refresh(rt: Runtime, job_id: str) -> Step:
         return Step()
     if job.status in AT_REST:
         return Step()
+    if job.phase in ("sending", "finalizing"):
+        locks(rt).renew(spec.destination_id, spec.audience_id, job_id)
+        return redelivered_while_sending(rt, job_id)
+    run = runs(rt).claim(job_id)
+    if run is None:
+        # Another execution of this job stages or plans it (or died doing so: its claim lapses
+        # within LOCK_LEASE_SECONDS, then this copy takes over).
+        return Step(wait=rt.settings.lock_wait_seconds)
+    try:
+        return _refresh(rt, spec, job, run)
+    except LeaseLost as error:
+        log.warning("lease_lost", error=str(error))
+        return Step()
+    finally:
+        runs(rt).release(job_id, run)
+
+
+def redelivered_while_sending(rt: Runtime, job_id: str) -> Step:
+    """A copy of a planning task after the job moved on to sending. Only when no batch has been
+    touched yet (the planning execution may have died before enqueueing them) are the batches
+    sent again; otherwise they are in flight and the reconciler re-drives any that get stuck."""
+    raw = rt.store.r.hget(rt.store.keys.job(job_id), "active_at")
+    if raw:
+        return Step(finalize=_all_finished(rt, job_id))
+    return Step(send=rt.store.pending_batches(job_id), finalize=_all_finished(rt, job_id))
+
+
+def _refresh(rt: Runtime, spec: JobSpec, job: Any, run: str) -> Step:
+    store = rt.store
+    job_id = spec.job_id
     d, a = spec.destination_id, spec.audience_id
     lk = locks(rt)
-    if job.phase in ("sending", "finalizing"):
-        # Redelivered after planning: the batches exist; sending is idempotent.
-        lk.acquire(d, a, job_id, spec.created_at)
-        return Step(send=store.pending_batches(job_id), finalize=_all_finished(rt, job_id))
-
     outcome = lk.acquire(d, a, job_id, spec.created_at)
     if outcome is LockResult.SUPERSEDED:
         _end(rt, spec, JobStatus.SUPERSEDED, "a newer refresh of this audience was requested; it syncs instead")
@@ -325,7 +416,11 @@ def refresh(rt: Runtime, job_id: str) -> Step:
             store.update_job(job_id, status=JobStatus.WAITING, phase="waiting",
                              message=f"waiting for job {lk.holder(d, a)} on the same audience")
             log.info("refresh_waiting", holder=lk.holder(d, a))
+        else:
+            store.update_job(job_id)  # heartbeat: the reconciler re-drives only silent jobs
         return Step(wait=rt.settings.lock_wait_seconds)
+    if outcome is LockResult.OWNED and job.phase == "staging" and job.count("stage_parts"):
+        return Step()  # a copy of the split task: its parts are staging (they keep the lock)
 
     dest = store.destination(d)
     link = store.link(d, a)
@@ -336,26 +431,28 @@ def refresh(rt: Runtime, job_id: str) -> Step:
 
     now = time.time()
     store.update_job(job_id, status=JobStatus.RUNNING, started_at=job.started_at or now, message="")
-    if job.phase != "staged":
+    if job.phase not in ("staged", "planning"):  # planning: the staged sets are still complete
         store.update_job(job_id, phase="staging")
         log.info("refresh_started", mode=spec.mode, source=job.source)
         parts = _split(rt, spec)
         if parts:
-            # Several `stage_part` tasks read byte ranges of one big file in parallel.
+            # Several `stage_part` tasks read byte ranges of one big file in parallel. A new
+            # round id: a part of an earlier split that is still alive cannot count as done.
             drop_job_state(rt, spec)
             store.r.delete(_parts_key(rt, job_id), _parts_done_key(rt, job_id), store.keys.job(job_id) + ":plan")
+            store.r.set(_round_key(rt, job_id), run, ex=store.ttl)
             store.update_job(job_id, stage_parts=len(parts))
             log.info("refresh_split", parts=len(parts))
             return Step(stage=[(i, start, end) for i, (start, end) in enumerate(parts)])
         try:
-            counts = stage(rt, spec, dest)
+            counts = stage(rt, spec, dest, renew=renewer(rt, spec, run))
         except SourceError as error:
             _source_failed(rt, spec, error)
             return Step()
         store.update_job(job_id, phase="staged", **counts)
         log.info("refresh_staged", rows=counts["rows_read"], valid=counts["members_valid"],
                  rejected=counts["rows_rejected"], excluded=counts["members_excluded"])
-    return diff_and_plan(rt, spec)
+    return diff_and_plan(rt, spec, run)
 
 
 def _split(rt: Runtime, spec: JobSpec) -> list[tuple[int, int]] | None:
@@ -376,6 +473,24 @@ def _parts_done_key(rt: Runtime, job_id: str) -> str:
     return rt.store.keys.job(job_id) + ":parts_done"
 
 
+def _round_key(rt: Runtime, job_id: str) -> str:
+    return rt.store.keys.job(job_id) + ":round"
+
+
+# A part counts as staged only in the split round it started in.
+# KEYS: round, parts, parts_done, plan. ARGV: round, part, counts json, parts, ttl.
+_PART_DONE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+redis.call('SADD', KEYS[3], ARGV[2])
+local done = redis.call('SCARD', KEYS[3])
+if done >= tonumber(ARGV[4]) and redis.call('SET', KEYS[4], 1, 'NX', 'EX', ARGV[5]) then
+  return done + 1000000
+end
+return done
+"""
+
+
 def _source_failed(rt: Runtime, spec: JobSpec, error: Exception) -> None:
     drop_job_state(rt, spec)
     _end(rt, spec, JobStatus.FAILED, f"cannot read the members: {error}. Nothing was sent.")
@@ -388,8 +503,9 @@ def stage_part(rt: Runtime, job_id: str, part: int, start: int, end: int) -> Ste
     job = store.job(job_id)
     if spec is None or job is None or job.status in AT_REST or job.phase != "staging":
         return Step()
+    split_round = store.r.get(_round_key(rt, job_id))
     lock = locks(rt).acquire(spec.destination_id, spec.audience_id, job_id, spec.created_at)
-    if lock not in (LockResult.OWNED, LockResult.ACQUIRED):
+    if lock not in (LockResult.OWNED, LockResult.ACQUIRED) or split_round is None:
         return Step()  # the job lost its lease and was re-driven or superseded meanwhile
     dest = store.require_destination(spec.destination_id)
     try:
@@ -397,13 +513,18 @@ def stage_part(rt: Runtime, job_id: str, part: int, start: int, end: int) -> Ste
     except SourceError as error:
         _source_failed(rt, spec, error)
         return Step()
-    store.r.hset(_parts_key(rt, job_id), str(part), json.dumps(counts))
-    store.r.sadd(_parts_done_key(rt, job_id), part)
-    done = store.r.scard(_parts_done_key(rt, job_id))
-    log.info("refresh_part_staged", part=part, rows=counts["rows_read"], parts_done=done)
-    if done >= job.count("stage_parts") and store.r.set(store.keys.job(job_id) + ":plan", 1, nx=True, ex=store.ttl):
-        return Step(plan=True)
-    return Step()
+    except LeaseLost as error:
+        log.warning("lease_lost", error=str(error), part=part)
+        return Step()
+    keys = [_round_key(rt, job_id), _parts_key(rt, job_id), _parts_done_key(rt, job_id),
+            store.keys.job(job_id) + ":plan"]
+    done = int(store.r.eval(_PART_DONE, len(keys), *keys, split_round, part, json.dumps(counts),
+                            job.count("stage_parts"), store.ttl))
+    if done < 0:
+        log.info("refresh_part_stale", part=part)  # the snapshot was split again meanwhile
+        return Step()
+    log.info("refresh_part_staged", part=part, rows=counts["rows_read"], parts_done=done % 1000000)
+    return Step(plan=done >= 1000000)
 
 
 def plan_after_parts(rt: Runtime, job_id: str) -> Step:
@@ -413,23 +534,43 @@ def plan_after_parts(rt: Runtime, job_id: str) -> Step:
     job = store.job(job_id)
     if spec is None or job is None or job.status in AT_REST:
         return Step()
-    if job.phase == "staging":
-        counts: Counter = Counter()
-        for raw in store.r.hvals(_parts_key(rt, job_id)):
-            counts.update(json.loads(raw))
-        store.update_job(job_id, phase="staged", **counts)
-        log.info("refresh_staged", rows=counts["rows_read"], valid=counts["members_valid"],
-                 rejected=counts["rows_rejected"], excluded=counts["members_excluded"])
-    elif job.phase != "staged":
-        return Step(send=store.pending_batches(job_id)) if job.phase == "sending" else Step()
-    return diff_and_plan(rt, spec)
+    if job.phase in ("sending", "finalizing"):
+        return redelivered_while_sending(rt, job_id)
+    if job.phase not in ("staging", "staged"):
+        return Step()
+    run = runs(rt).claim(job_id)
+    if run is None:
+        return Step(wait=rt.settings.lock_wait_seconds)  # another copy plans it (or died doing so)
+    try:
+        job = store.job(job_id)
+        if job is None or job.status in AT_REST:
+            return Step()
+        if job.phase == "staging":
+            if store.r.scard(_parts_done_key(rt, job_id)) < job.count("stage_parts"):
+                return Step()  # a stale copy: the snapshot was split again and is still staging
+            counts: Counter = Counter()
+            for raw in store.r.hvals(_parts_key(rt, job_id)):
+                counts.update(json.loads(raw))
+            store.update_job(job_id, phase="staged", **counts)
+            log.info("refresh_staged", rows=counts["rows_read"], valid=counts["members_valid"],
+                     rejected=counts["rows_rejected"], excluded=counts["members_excluded"])
+        elif job.phase != "staged":
+            return Step()
+        return diff_and_plan(rt, spec, run)
+    except LeaseLost as error:
+        log.warning("lease_lost", error=str(error))
+        return Step()
+    finally:
+        runs(rt).release(job_id, run)
 
 
-def diff_and_plan(rt: Runtime, spec: JobSpec) -> Step:
+def diff_and_plan(rt: Runtime, spec: JobSpec, run: str | None = None) -> Step:
     store = rt.store
     job_id = spec.job_id
     d, a = spec.destination_id, spec.audience_id
     lk = locks(rt)
+    renew = renewer(rt, spec, run)
+    renew()  # the diff reads the ledger: only under the audience's lock
     counts = diff(rt, spec)
     store.update_job(job_id, **{k: counts.get(k, 0) for k in _diff_fields(counts)})
     reason = mass_delete_reason(rt, spec, counts)
@@ -447,7 +588,8 @@ def diff_and_plan(rt: Runtime, spec: JobSpec) -> Step:
         return Step()
 
     store.update_job(job_id, phase="planning")
-    batch_ids = plan(rt, spec)
+    batch_ids = plan(rt, spec, renew)
+    renew()  # still this execution's job: only then may its batches go out
     store.update_job(job_id, phase="sending")
     _drop(rt, spec, "stage", "minus", "add", "del")
     log.info("refresh_planned", batches=len(batch_ids), adds=total(counts, "adds"), removes=total(counts, "removes"))
@@ -457,7 +599,7 @@ def diff_and_plan(rt: Runtime, spec: JobSpec) -> Step:
 
 
 def _diff_fields(counts: Counter) -> list[str]:
-    return [f"{g}:{s}" for g in ("adds", "removes", "synced_before", "staged") for s in SCHEMAS]
+    return [f"{g}:{s}" for g in ("adds", "removes", "synced_before", "staged", "suppressed") for s in SCHEMAS]
 
 
 def _dry_run_message(counts: Counter) -> str:
@@ -507,11 +649,23 @@ def approve(rt: Runtime, job_id: str) -> JobSpec:
 
 # -- completion ---------------------------------------------------------------------------------
 def finalize(rt: Runtime, job_id: str) -> None:
-    """Write the job's final status and counts, clean up, release the lock. Runs once per job."""
+    """Write the job's final status and counts, clean up, release the lock. Runs once per job:
+    a copy finds the job at rest, or another finalize holding the job's run claim, and stops."""
+    run = runs(rt).claim(job_id)
+    if run is None:
+        log.info("finalize_running_elsewhere")
+        return  # if that one dies, its claim lapses and the reconciler sends finalize again
+    try:
+        _finalize(rt, job_id)
+    finally:
+        runs(rt).release(job_id, run)
+
+
+def _finalize(rt: Runtime, job_id: str) -> None:
     store = rt.store
     job = store.job(job_id)
     spec = store.job_spec(job_id)
-    if job is None or spec is None or job.status in AT_REST:
+    if job is None or spec is None or job.status in AT_REST or job.phase not in ("sending", "finalizing"):
         return
     if job.count("batches_finished") < job.count("batches_total"):
         log.info("finalize_early", finished=job.count("batches_finished"), total=job.count("batches_total"))
@@ -534,6 +688,10 @@ def finalize(rt: Runtime, job_id: str) -> None:
         status = JobStatus.SUCCEEDED
         message = ""
     _record_match_rate(rt, spec)
+    try:  # audit of suppressed ids this job deleted; what stays pending is settled by a later job
+        settle_suppressions(rt, spec.destination_id, spec.audience_id, job_id)
+    except Exception as error:
+        log.warning("suppression_settle_failed", error=str(error))
     now = time.time()
     store.update_job(job_id, status=status, phase="done", message=message, finished_at=now)
     store.update_link(spec.destination_id, spec.audience_id, last_job_id=job_id, last_refresh_at=now)

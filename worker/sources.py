@@ -164,9 +164,9 @@ def _check_format(fmt: str | None) -> str | None:
     return known
 
 
-def _file_chunks(f: BinaryIO, label: str, size: int = CHUNK_SIZE) -> Iterator[bytes]:
+def _file_chunks(f: BinaryIO, label: str) -> Iterator[bytes]:
     try:
-        while chunk := f.read(size):
+        while chunk := f.read(CHUNK_SIZE):
             yield chunk
     except OSError as exc:
         raise SourceError(f"cannot read {label}: {exc.strerror or exc}") from exc
@@ -678,7 +678,9 @@ def open_source(
             raise SourceError(f"{label} is named .gz but is not gzip data")
         if byte_range is not None and gz:
             raise SourceError("byte_range is only supported for uncompressed local files")
-        chunks = _gunzip(raw, label) if gz else raw
+        chunks = raw
+        if gz:
+            _, chunks = _gather(_gunzip(raw, label), 4)  # a whole BOM in the first chunk
         sniffed, dropped, chunks = _sniff(chunks)
         fmt_final = wanted or name_fmt or sniffed
         if fmt_final is None:

@@ -152,8 +152,32 @@ def _session(pool_size: int) -> requests.Session:
         adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
         session.mount("http://", adapter)
         session.mount("https://", adapter)
+        # requests reads proxies, CA bundle and .netrc from the environment on every call (a
+        # tenth of a worker's CPU per batch): `_environment` reads them once per origin instead.
+        session.trust_env = False
         _local.session = session
     return session
+
+
+_ENV_SETTINGS = "_tiktok_env_settings"
+
+
+def _environment(session: requests.Session, url: str) -> dict[str, Any]:
+    """What requests would take from the environment for `url` (proxies, verify, cert, netrc
+    auth), read once per origin, for sessions made by `_session` (trust_env off); {} for others."""
+    if session.trust_env:
+        return {}  # requests reads the environment itself
+    cache: dict[str, dict[str, Any]] = session.__dict__.setdefault(_ENV_SETTINGS, {})
+    origin = "/".join(url.split("/", 3)[:3])
+    found = cache.get(origin)
+    if found is None:
+        probe = requests.Session()  # trust_env on: exactly what requests would read
+        found = probe.merge_environment_settings(url, {}, None, None, None)
+        found.pop("stream", None)
+        found["auth"] = requests.utils.get_netrc_auth(url)
+        probe.close()
+        cache[origin] = found
+    return found
 
 
 class TikTokClient:
@@ -186,9 +210,11 @@ class TikTokClient:
             headers["Access-Token"] = token
         data = body if isinstance(body, bytes) or body is None else json.dumps(body, separators=(",", ":"))
         url = f"{self.base_url}/{path.strip('/')}/"
+        session = _session(self.pool_size)
         try:
-            response = _session(self.pool_size).request(
-                method, url, data=data, params=params, headers=headers, timeout=self.timeout
+            response = session.request(
+                method, url, data=data, params=params, headers=headers, timeout=self.timeout,
+                **_environment(session, url),
             )
         except requests.Timeout as error:
             raise Transient(f"TikTok did not answer in time ({type(error).__name__})") from None

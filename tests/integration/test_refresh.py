@@ -20,8 +20,13 @@ from worker.sources import Member, RejectedRow, open_source
 pytestmark = pytest.mark.integration
 
 
-def setup_destination(rt: Runtime, audience: str = "aud-1", dest_id: str = "acme", token: str = TOKEN,
-                      advertiser: str = ADVERTISER) -> str:
+def setup_destination(
+    rt: Runtime,
+    audience: str = "aud-1",
+    dest_id: str = "acme",
+    token: str = TOKEN,
+    advertiser: str = ADVERTISER,
+) -> str:
     api.add_destination("Acme", advertiser, token, destination_id=dest_id, phone_region="US", rt=rt)
     return api.link_audience(dest_id, audience, name=f"CDP {audience}", rt=rt).tiktok_audience_id
 
@@ -53,12 +58,15 @@ def reference_counts(path: Path) -> tuple[Counter, set[tuple[str, str]]]:
 
 
 def run(rt: Runtime, celery_app: Any, **kwargs: Any) -> Any:
-    job_id = api.enqueue_refresh("acme", kwargs.pop("audience", "aud-1"), rt=rt, app=celery_app, **kwargs)
+    job_id = api.enqueue_refresh(
+        "acme", kwargs.pop("audience", "aud-1"), rt=rt, app=celery_app, **kwargs
+    )
     return api.wait_for(job_id, timeout=180, rt=rt)
 
 
-def test_snapshot_then_changed_snapshot(rt: Runtime, emulator: Any, worker: WorkerProcess, celery_app: Any,
-                                        tmp_path: Path) -> None:
+def test_snapshot_then_changed_snapshot(
+    rt: Runtime, emulator: Any, worker: WorkerProcess, celery_app: Any, tmp_path: Path
+) -> None:
     tiktok_id = setup_destination(rt)
     first = tmp_path / "first.csv"
     generate(first, 10_000, seed=7, invalid_share=0.08)
@@ -69,7 +77,9 @@ def test_snapshot_then_changed_snapshot(rt: Runtime, emulator: Any, worker: Work
     assert held_pairs(emulator.members(tiktok_id)) == pairs
     for name in ("rows_read", "rows_rejected", "members_excluded", "members_valid"):
         assert job.count(name) == counts[name], name
-    assert job.count("rows_read") == job.count("members_valid") + job.count("members_excluded") + job.count("rows_rejected")
+    assert job.count("rows_read") == job.count("members_valid") + job.count(
+        "members_excluded"
+    ) + job.count("rows_rejected")
     for key, value in counts.items():
         if key.startswith("rejected_id:"):
             assert job.count(key) == value, key
@@ -102,33 +112,55 @@ def test_snapshot_then_changed_snapshot(rt: Runtime, emulator: Any, worker: Work
     assert all(e["rows"] <= 300 for e in log)
 
 
-def test_same_job_id_runs_once(rt: Runtime, emulator: Any, worker: WorkerProcess, celery_app: Any,
-                               tmp_path: Path) -> None:
+def test_same_job_id_runs_once(
+    rt: Runtime, emulator: Any, worker: WorkerProcess, celery_app: Any, tmp_path: Path
+) -> None:
     tiktok_id = setup_destination(rt)
     path = tmp_path / "m.ndjson"
     generate(path, 500, seed=3, fmt="ndjson", invalid_share=0.0)
-    first = api.enqueue_refresh("acme", "aud-1", members=str(path), job_id="upstream-42", rt=rt, app=celery_app)
-    second = api.enqueue_refresh("acme", "aud-1", members=str(path), job_id="upstream-42", rt=rt, app=celery_app)
+    first = api.enqueue_refresh(
+        "acme", "aud-1", members=str(path), job_id="upstream-42", rt=rt, app=celery_app
+    )
+    second = api.enqueue_refresh(
+        "acme", "aud-1", members=str(path), job_id="upstream-42", rt=rt, app=celery_app
+    )
     assert first == second == "upstream-42"
     job = api.wait_for(first, timeout=120, rt=rt)
     assert job.status == JobStatus.SUCCEEDED
     calls = emulator.stats()["mapping_calls"]
-    api.enqueue_refresh("acme", "aud-1", members=str(path), job_id="upstream-42", rt=rt, app=celery_app)
+    api.enqueue_refresh(
+        "acme", "aud-1", members=str(path), job_id="upstream-42", rt=rt, app=celery_app
+    )
     assert len(rt.store.jobs("acme", "aud-1")) == 1
     assert emulator.stats()["mapping_calls"] == calls
     with open_source(str(path)) as source:
         assert held_pairs(emulator.members(tiktok_id)) == expected_pairs(source, "US")
 
 
-def test_inline_members_and_unchanged_refresh_sends_nothing(rt: Runtime, emulator: Any, worker: WorkerProcess,
-                                                             celery_app: Any) -> None:
+def test_inline_members_and_unchanged_refresh_sends_nothing(
+    rt: Runtime, emulator: Any, worker: WorkerProcess, celery_app: Any
+) -> None:
     tiktok_id = setup_destination(rt)
-    members = [{"email": "A@Example.com"}, {"phone": "(415) 555-2671"}, {"email": "bad"},
-               {"email": "gone@example.com", "consent": False}]
+    members = [
+        {"email": "A@Example.com"},
+        {"phone": "(415) 555-2671"},
+        {"email": "bad"},
+        {"email": "gone@example.com", "consent": False},
+    ]
     job = run(rt, celery_app, inline=members)
     assert job.status == JobStatus.SUCCEEDED
-    expected = expected_pairs([Member(i + 1, None, {k: [v] for k, v in m.items() if k != "consent"},
-                                      m.get("consent", True)) for i, m in enumerate(members)], "US")
+    expected = expected_pairs(
+        [
+            Member(
+                i + 1,
+                None,
+                {k: [v] for k, v in m.items() if k != "consent"},
+                m.get("consent", True),
+            )
+            for i, m in enumerate(members)
+        ],
+        "US",
+    )
     assert held_pairs(emulator.members(tiktok_id)) == expected
     assert job.count("members_excluded") == 1 and job.count("rows_rejected") == 1
     calls = emulator.stats()["mapping_calls"]
@@ -137,8 +169,9 @@ def test_inline_members_and_unchanged_refresh_sends_nothing(rt: Runtime, emulato
     assert emulator.stats()["mapping_calls"] == calls
 
 
-def test_unreadable_source_fails_and_keeps_the_audience(rt: Runtime, emulator: Any, worker: WorkerProcess,
-                                                        celery_app: Any, tmp_path: Path) -> None:
+def test_unreadable_source_fails_and_keeps_the_audience(
+    rt: Runtime, emulator: Any, worker: WorkerProcess, celery_app: Any, tmp_path: Path
+) -> None:
     tiktok_id = setup_destination(rt)
     job = run(rt, celery_app, inline=[{"email": "keep@example.com"}])
     assert job.status == JobStatus.SUCCEEDED
@@ -149,8 +182,9 @@ def test_unreadable_source_fails_and_keeps_the_audience(rt: Runtime, emulator: A
     assert emulator.members(tiktok_id) == before
 
 
-def test_parallel_staging_and_shards_match_the_plain_path(rt: Runtime, emulator: Any, worker_env: dict[str, str],
-                                                          tmp_path: Path) -> None:
+def test_parallel_staging_and_shards_match_the_plain_path(
+    rt: Runtime, emulator: Any, worker_env: dict[str, str], tmp_path: Path
+) -> None:
     """A big local snapshot split over several stage_part tasks and 16 shards gives exactly the
     state of the unsplit, unsharded path (each path with its own worker and Redis database)."""
     from celery import Celery
@@ -164,8 +198,10 @@ def test_parallel_staging_and_shards_match_the_plain_path(rt: Runtime, emulator:
     expected = reference_counts(path)[1]
     held = {}
     base = worker_env["REDIS_URL"].rsplit("/", 1)[0]
-    for label, db, extra in (("split", 2, {"STAGE_PARTS": "4", "STATE_SHARDS": "16"}),
-                             ("plain", 4, {"STAGE_PARTS": "1", "STATE_SHARDS": "1"})):
+    for label, db, extra in (
+        ("split", 2, {"STAGE_PARTS": "4", "STATE_SHARDS": "16"}),
+        ("plain", 4, {"STAGE_PARTS": "1", "STATE_SHARDS": "1"}),
+    ):
         env = {**worker_env, **extra, "REDIS_URL": f"{base}/{db}", "BROKER_URL": f"{base}/{db + 1}"}
         settings = make_settings(env)
         local = Runtime.build(settings)
@@ -175,8 +211,11 @@ def test_parallel_staging_and_shards_match_the_plain_path(rt: Runtime, emulator:
         proc = WorkerProcess(env, pool="prefork", concurrency=2, name=f"par-{label}").start()
         try:
             tiktok_id = setup_destination(local, audience=f"aud-{label}")
-            job = api.wait_for(api.enqueue_refresh("acme", f"aud-{label}", members=str(path), rt=local, app=app),
-                               timeout=240, rt=local)
+            job = api.wait_for(
+                api.enqueue_refresh("acme", f"aud-{label}", members=str(path), rt=local, app=app),
+                timeout=240,
+                rt=local,
+            )
             assert job.status == JobStatus.SUCCEEDED, job.message
             assert job.count("stage_parts") == (4 if label == "split" else 0)
             held[label] = held_pairs(emulator.members(tiktok_id))

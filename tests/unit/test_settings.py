@@ -22,8 +22,12 @@ def test_environment_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BROKER_URL", "redis://b:1/3")
     monkeypatch.setenv("TIKTOK_BATCH_SIZE", "250")
     s = load_settings()
-    assert (s.redis_url, s.broker, s.results_url, s.tiktok_batch_size) == ("redis://h:1/2", "redis://b:1/3",
-                                                                          "redis://h:1/2", 250)
+    assert (s.redis_url, s.broker, s.results_url, s.tiktok_batch_size) == (
+        "redis://h:1/2",
+        "redis://b:1/3",
+        "redis://h:1/2",
+        250,
+    )
 
 
 @pytest.mark.parametrize(
@@ -37,7 +41,9 @@ def test_environment_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
         ("MASS_DELETE_THRESHOLD", "2"),
     ],
 )
-def test_bad_value_names_the_variable(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
+def test_bad_value_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
     monkeypatch.setenv(name, value)
     with pytest.raises(SettingsError) as info:
         load_settings()

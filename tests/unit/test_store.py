@@ -17,7 +17,9 @@ from worker.store import Store, digests, group_by_shard, redact_uri
 
 @pytest.fixture
 def store() -> Iterator[Store]:
-    settings = load_settings(token_encryption_key="X2i7q0lQ8s0yH0pLq4Cj8wVbD3r1dQwzV3WlYx1m5pQ=", state_shards=4)
+    settings = load_settings(
+        token_encryption_key="X2i7q0lQ8s0yH0pLq4Cj8wVbD3r1dQwzV3WlYx1m5pQ=", state_shards=4
+    )
     yield Store(fakeredis.FakeRedis(), settings)
 
 
@@ -100,13 +102,17 @@ def test_split_makes_two_halves_and_keeps_totals(store: Store) -> None:
 
 def test_unpark_returns_parked_batches_to_pending(store: Store) -> None:
     new_job(store)
-    store.add_batches("j1", [(f"j1-{i:05d}", "add", "EMAIL_SHA256", b"".join(ids(2, str(i)))) for i in range(3)])
+    store.add_batches(
+        "j1", [(f"j1-{i:05d}", "add", "EMAIL_SHA256", b"".join(ids(2, str(i)))) for i in range(3)]
+    )
     for b in store.batches("j1")[:2]:
         store.finish_batch(b, BatchState.PARKED)
     assert sorted(store.unpark("j1")) == ["j1-00000", "j1-00001"]
     assert store.pending_batches("j1") == ["j1-00000", "j1-00001", "j1-00002"]
     job = store.job("j1")
-    assert job is not None and job.count("batches_parked") == 0 and job.count("batches_finished") == 0
+    assert (
+        job is not None and job.count("batches_parked") == 0 and job.count("batches_finished") == 0
+    )
 
 
 def test_lock_newest_snapshot_wins(store: Store) -> None:
@@ -139,7 +145,9 @@ def test_ids_in_key_names_are_checked() -> None:
 def test_tokens_are_encrypted_at_rest(store: Store) -> None:
     from worker.models import Destination
 
-    store.save_destination(Destination(id="d", name="n", advertiser_id="123"), "secret-token-abcdef")
+    store.save_destination(
+        Destination(id="d", name="n", advertiser_id="123"), "secret-token-abcdef"
+    )
     raw = store.r.hgetall(store.keys.destination("d"))
     assert b"secret-token-abcdef" not in b"".join(k + v for k, v in raw.items())
     assert store.token("d") == "secret-token-abcdef"
