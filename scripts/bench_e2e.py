@@ -3,7 +3,7 @@ against the plain single-process script (scripts/baseline_sync.py) doing the sam
 same run, on the same stack.
 
     .venv/bin/python -m scripts.bench_e2e [--ids 1000000] [--latency-ms 100] [--no-latency-run]
-        [--tiktok-concurrency 16] [--refresh-concurrency 2] [--verify]
+        [--verify] [--refresh-concurrency 2] [--tiktok-concurrency 16] [--tiktok-processes 1]
 
 Two rounds on one stack: emulator without latency or cap, then with `--latency-ms` per call.
 Each round syncs the snapshot into two fresh TikTok audiences, one by the pipeline (enqueue to
@@ -27,12 +27,14 @@ from scripts.benchlib import (
     TOKEN,
     Figure,
     Stack,
-    StackConfig,
+    add_stack_args,
     banner,
     cpu_delta,
     say,
     snapshot,
+    stack_config,
     table,
+    workers_line,
 )
 
 TARGETS = {0: 1.0, 100: 5.0}  # latency ms -> pipeline ÷ baseline
@@ -85,8 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--no-latency-run", action="store_true", help="skip the round with emulator latency"
     )
-    p.add_argument("--tiktok-concurrency", type=int, default=16)
-    p.add_argument("--refresh-concurrency", type=int, default=2)
+    add_stack_args(p)
     p.add_argument("--batch-size", type=int, default=1000)
     p.add_argument(
         "--verify", action="store_true", help="compare the two audiences id by id (else sizes)"
@@ -100,11 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         f"snapshot {path.name}: {members:,} members ({path.stat().st_size / 1e6:.0f} MB; "
         f"generated in {took:.1f}s)"
     )
-    config = StackConfig(
-        refresh_concurrency=a.refresh_concurrency,
-        tiktok_concurrency=a.tiktok_concurrency,
-        batch_size=a.batch_size,
-    )
+    config = stack_config(a, batch_size=a.batch_size)
     figures: list[Figure] = []
     rounds = [0.0] if a.no_latency_run else [0.0, a.latency_ms]
     with Stack(config, label="e2e") as stack:
@@ -161,10 +158,7 @@ def main(argv: list[str] | None = None) -> int:
                     sum(pipe_cpu.values()) / sum(base_cpu.values()),
                 ),
             ]
-    print(
-        f"\nids per run: {run.synced:,} (1 refresh, {a.refresh_concurrency} refresh processes, "
-        f"{a.tiktok_concurrency} tiktok threads, batch {a.batch_size}, no rate cap)"
-    )
+    print(f"\nids per run: {run.synced:,}; {workers_line(config)}; no rate cap")
     return 0 if table(figures) else 1
 
 

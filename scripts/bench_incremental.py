@@ -20,7 +20,19 @@ import argparse
 import math
 import sys
 
-from scripts.benchlib import SCHEMAS, Figure, Run, Stack, StackConfig, banner, say, snapshot, table
+from scripts.benchlib import (
+    SCHEMAS,
+    Figure,
+    Run,
+    Stack,
+    add_stack_args,
+    banner,
+    say,
+    snapshot,
+    stack_config,
+    table,
+    workers_line,
+)
 
 REQUESTS_TARGET = 1.05
 TIME_TARGET = 0.3
@@ -31,6 +43,10 @@ def floor_requests(run: Run, size: int) -> int:
     return sum(
         math.ceil(run.job.count(f"{g}:{s}") / size) for g in ("adds", "removes") for s in SCHEMAS
     )
+
+
+def phases(stack: Stack, run: Run) -> str:
+    return ", ".join(f"{k} {v:.1f}s" for k, v in stack.phases(run.job.job_id).items())
 
 
 def requests_of(stack: Stack, audience: str, path: object) -> tuple[Run, int]:
@@ -48,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--change", type=float, default=0.01, help="share of members changed")
     p.add_argument("--batch-sizes", default="1000,100", help="first one for the timed runs")
     p.add_argument("--latency-ms", type=float, default=0.0, help="emulator latency per call")
-    p.add_argument("--tiktok-concurrency", type=int, default=16)
+    add_stack_args(p)
     a = p.parse_args(argv)
     sizes = [int(s) for s in a.batch_sizes.split(",")]
     banner("bench_incremental: a 1% change against a full sync", argv)
@@ -62,22 +78,21 @@ def main(argv: list[str] | None = None) -> int:
         drop_share=half,
     )
     say(f"snapshots {first.name} and {second.name} ({t1 + t2:.0f}s to generate)")
-    config = StackConfig(
-        tiktok_concurrency=a.tiktok_concurrency, batch_size=sizes[0], latency_ms=a.latency_ms
-    )
+    config = stack_config(a, batch_size=sizes[0], latency_ms=a.latency_ms)
+    workers = workers_line(config)  # before restarts change the batch size
     figures: list[Figure] = []
     with Stack(config, label="incr") as stack:
         stack.link("incr")
         full, full_requests = requests_of(stack, "incr", first)
         say(
             f"full sync: {full.changed:,} ids, {full_requests} requests, {full.seconds:.1f}s "
-            f"({', '.join(f'{k} {v:.1f}s' for k, v in stack.phases(full.job.job_id).items())})"
+            f"({phases(stack, full)})"
         )
         incr, incr_requests = requests_of(stack, "incr", second)
         say(
             f"{a.change:.0%} change: {incr.changed:,} ids changed, {incr_requests} requests, "
             f"{incr.seconds:.1f}s "
-            f"({', '.join(f'{k} {v:.1f}s' for k, v in stack.phases(incr.job.job_id).items())})"
+            f"({phases(stack, incr)})"
         )
         size = sizes[0]
         floor = floor_requests(incr, size)
@@ -107,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             floor = floor_requests(run, size)
             say(
                 f"batch {size}: {run.changed:,} ids changed back, {sent} requests, "
-                f"{run.seconds:.1f}s"
+                f"{run.seconds:.1f}s ({phases(stack, run)})"
             )
             figures += [
                 Figure(
@@ -121,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
             back = second if back == first else first
     print(
         f"\nfull sync {full.seconds:.1f}s, incremental {incr.seconds:.1f}s; {a.members:,} members, "
-        f"change {a.change:.0%}, emulator latency {a.latency_ms:g} ms, no rate cap"
+        f"change {a.change:.0%}, emulator latency {a.latency_ms:g} ms, no rate cap; "
+        f"{workers}"
     )
     return 0 if table(figures) else 1
 

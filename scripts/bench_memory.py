@@ -23,13 +23,16 @@ from scripts.benchlib import (
     PeakRss,
     Stack,
     StackConfig,
+    add_stack_args,
     banner,
     cpu_delta,
     mb,
     say,
     snapshot,
+    stack_config,
     table,
     vm_hwm_bytes,
+    workers_line,
 )
 
 RSS_TARGET_MB = 250
@@ -37,15 +40,13 @@ GROWTH_TARGET = 1.1
 BYTES_PER_ID_TARGET = 100
 
 
-def measure(members: int, tiktok_concurrency: int) -> dict[str, float]:
+def measure(members: int, config: StackConfig) -> dict[str, float]:
     path, took = snapshot(f"memory-{members}.csv", members, seed=303)
     say(
         f"{members:,} members: {path.name}, {path.stat().st_size / 1e6:,.0f} MB"
         + (f", generated in {took:.0f}s" if took else " (reused)")
     )
-    with Stack(
-        StackConfig(tiktok_concurrency=tiktok_concurrency), label=f"memory-{members}"
-    ) as stack:
+    with Stack(config, label=f"memory-{members}") as stack:
         stack.link("memory")
         time.sleep(1)
         before = stack.settled_redis_memory()
@@ -92,12 +93,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--members", type=int, default=10_000_000, help="the large snapshot")
     p.add_argument("--small", type=int, default=1_000_000, help="the snapshot it is compared with")
-    p.add_argument("--tiktok-concurrency", type=int, default=16)
+    add_stack_args(p)
     a = p.parse_args(argv)
     banner("bench_memory: worker RSS and Redis memory per synced id", argv)
     t = time.perf_counter()
-    small = measure(a.small, a.tiktok_concurrency)
-    large = measure(a.members, a.tiktok_concurrency)
+    small = measure(a.small, stack_config(a))
+    large = measure(a.members, stack_config(a))
     figures: list[Figure] = []
     for role in ("refresh main", "refresh child", "tiktok main"):
         figures.append(
@@ -144,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         Figure(f"sync time, {a.small:,} members ({small['ids']:,.0f} ids)", small["seconds"], "s"),
     ]
     ok = table(figures)
-    print(f"\nwhole benchmark: {time.perf_counter() - t:.0f}s")
+    print(f"\n{workers_line(stack_config(a))}; whole benchmark: {time.perf_counter() - t:.0f}s")
     return 0 if ok else 1
 
 

@@ -299,7 +299,7 @@ class Rig:
         rnd: Round,
         snapshot: Path,
         expected: Callable[[], set[Any]],
-        rng: random.Random,
+        delay: float,
         timeout: float,
     ) -> Round:
         from worker import api
@@ -310,7 +310,7 @@ class Rig:
         job_id = api.enqueue_refresh(
             DEST, AUDIENCE, members=str(snapshot), rt=self.rt, app=self.app
         )
-        delay = rng.uniform(0.5, 12.0)
+        rng = random.Random(f"{rnd.number}:{delay}")
         killed = False
         job = None
         while time.monotonic() - started < timeout:
@@ -408,6 +408,7 @@ def run(
     generate(base, size, seed=seed, invalid_share=0.01)
     oracle = Oracle(base)
     rig = Rig(work).start()
+    quickest = 5.0  # seconds of the quickest changed-snapshot round (staging alone takes longer)
     try:
         rig.link()
         out(f"# {size} members, seed {seed}, work dir {work}")
@@ -425,9 +426,13 @@ def run(
                     drop_seed=1000 + number,
                 )
             expected = lambda s=snapshot: oracle.expected(s)  # noqa: E731
+            # "delay" kills land before the job ends: within 70% of the quickest round so far.
+            delay = rng.uniform(0.3, max(0.6, 0.7 * quickest))
             rnd = rig.run_round(
-                Round(number, kill, trigger), snapshot, expected, rng, round_timeout
+                Round(number, kill, trigger), snapshot, expected, delay, round_timeout
             )
+            if number:
+                quickest = min(quickest, rnd.seconds)
             out(round_row(rnd))
             yield rnd
             if number:

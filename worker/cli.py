@@ -420,7 +420,17 @@ def status(
     _print_summary(job)
     if batches:
         table = Table(
-            "batch", "action", "schema", "size", "state", "attempts", "code", "request id"
+            "batch",
+            "action",
+            "schema",
+            "size",
+            "state",
+            "attempts",
+            "failures",
+            "throttled s",
+            "code",
+            "request id",
+            "poison id",
         )
         for b in api.runtime().store.batches(job_id):
             table.add_row(
@@ -430,8 +440,11 @@ def status(
                 str(b.size),
                 b.state,
                 str(b.attempts),
+                str(b.failures),
+                f"{b.rate_limited_seconds:.1f}",
                 str(b.last_code if b.last_code is not None else "-"),
                 b.request_id or "-",
+                b.poison_id[:16] + "…" if b.poison_id else "-",
             )
         out.print(table)
 

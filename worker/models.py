@@ -192,6 +192,8 @@ class BatchRecord(BaseModel):
     size: int
     state: BatchState = BatchState.PENDING
     attempts: int = 0
+    failures: int = 0  # transient failures (bounded by TIKTOK_MAX_ATTEMPTS)
+    warmup_retries: int = 0
     rate_limited: int = 0
     rate_limited_seconds: float = 0.0
     last_code: int | None = None

@@ -684,6 +684,11 @@ def _finalize(rt: Runtime, job_id: str) -> None:
     elif failed:
         status = JobStatus.PARTIALLY_FAILED if succeeded else JobStatus.FAILED
         message = f"{failed} of {job.count('batches_total')} batches failed; the next refresh sends their ids again"
+        if job.count("poison_rows"):
+            message += (
+                f"; {job.count('poison_rows')} ids were refused by TikTok on their own (see "
+                f"`tiktok-sync status {job_id} --batches`, column poison id)"
+            )
     else:
         status = JobStatus.SUCCEEDED
         message = ""
@@ -696,7 +701,7 @@ def _finalize(rt: Runtime, job_id: str) -> None:
     store.update_job(job_id, status=status, phase="done", message=message, finished_at=now)
     store.update_link(spec.destination_id, spec.audience_id, last_job_id=job_id, last_refresh_at=now)
     _drop(rt, spec, "stage", "minus", "add", "del")
-    for batch in store.batches(job_id):
+    for batch in store.iter_batches(job_id):  # a page at a time: 10M members are 25k batches
         if batch.state in (BatchState.FAILED, BatchState.PARKED):
             store.r.expire(store.keys.batch_data(batch.batch_id), store.ttl)
     locks(rt).release(spec.destination_id, spec.audience_id, job_id)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import enum
 import json
 import threading
-
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any

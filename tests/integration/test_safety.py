@@ -29,6 +29,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from config.celery import celery_config
+from scripts.gen_members import generate
 from tests.conftest import ADVERTISER, TOKEN, make_settings
 from tests.harness import (
     RedisServer,
@@ -175,6 +176,69 @@ def test_celery_settings_for_at_least_once(settings: Any) -> None:
     visibility = conf["broker_transport_options"]["visibility_timeout"]
     assert conf["task_soft_time_limit"] < conf["task_time_limit"] < visibility
     assert conf["beat_schedule"]["reconcile"]["task"] == "tiktok.reconcile"
+
+
+def test_planning_again_makes_new_batches_and_orphans_the_old_ones(
+    rt: Runtime, emulator: Any
+) -> None:
+    """In-process. A plan can run twice (its phase lost in a Redis crash while a worker still
+    holds a message of the first plan): the second gets new batch ids and fresh counters, and
+    the first plan's messages find nothing to send."""
+    link(rt)
+    job_id = new_job(rt, inline=emails(700, "replan"))
+    spec = rt.store.job_spec(job_id)
+    assert spec is not None
+    pipeline.locks(rt).acquire(DEST, AUD, job_id, spec.created_at)
+    pipeline.stage(rt, spec, rt.store.require_destination(DEST))
+    pipeline.diff(rt, spec)
+    first = pipeline.plan(rt, spec)
+    deliver(rt, first[0])
+    second = pipeline.plan(rt, spec)
+    assert len(second) == len(first) == 3 and not set(first) & set(second)
+    job = rt.store.job(job_id)
+    assert (
+        job is not None and job.count("batches_total") == 3 and job.count("batches_finished") == 0
+    )
+    calls = emulator.stats()["mapping_calls"]
+    assert deliver(rt, first[1]) == pipeline.Step()
+    assert emulator.stats()["mapping_calls"] == calls
+
+
+def test_a_split_snapshot_is_planned_only_from_parts_of_its_latest_split(
+    rt: Runtime, emulator: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In-process: a copy of the split task does not split again while parts stage; a part that
+    was staging when the snapshot was split again does not count; no plan from half a split."""
+    tiktok_id = link(rt)
+    path = tmp_path / "split.csv"
+    generate(path, 20_000, seed=5, invalid_share=0.02)
+    job_id = new_job(rt, members=str(path))
+    parts = pipeline.refresh(rt, job_id).stage
+    assert len(parts) == rt.settings.stage_parts > 1
+    assert pipeline.refresh(rt, job_id) == pipeline.Step()  # a copy: its parts keep the lock
+
+    lock = rt.store.keys.lock(DEST, AUD)
+    real_stage = pipeline.stage
+
+    def stage_while_split_again(*args: Any, **kwargs: Any) -> Any:
+        counts = real_stage(*args, **kwargs)
+        rt.store.r.delete(lock)  # the parts went silent past the lease: re-driven, split again
+        assert len(pipeline.refresh(rt, job_id).stage) == len(parts)
+        return counts
+
+    monkeypatch.setattr(pipeline, "stage", stage_while_split_again)
+    assert pipeline.stage_part(rt, job_id, *parts[0]) == pipeline.Step()
+    monkeypatch.setattr(pipeline, "stage", real_stage)
+    assert rt.store.r.scard(rt.store.keys.job(job_id) + ":parts_done") == 0  # it did not count
+    assert pipeline.plan_after_parts(rt, job_id) == pipeline.Step()  # nothing staged in this split
+    steps = [pipeline.stage_part(rt, job_id, *part) for part in parts]
+    assert [s.plan for s in steps].count(True) == 1  # the last part asks for the plan, once
+    for batch_id in pipeline.plan_after_parts(rt, job_id).send:
+        deliver(rt, batch_id)
+    pipeline.finalize(rt, job_id)
+    job = rt.store.job(job_id)
+    assert job is not None and job.status == JobStatus.SUCCEEDED and counts_add_up(job)
+    assert held_pairs(emulator.members(tiktok_id)) == file_pairs(path, "US") == ledger(rt)
 
 
 # -- 2. one refresh per audience; the lease covers sending -------------------------------------
