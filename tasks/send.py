@@ -18,7 +18,9 @@ def send_batch(self: SyncTask, batch_id: str) -> None:
     spec = rt.store.job_spec(job_id)
     if spec is not None:
         structlog.contextvars.bind_contextvars(
-            job_id=job_id, batch_id=batch_id, audience_id=spec.audience_id,
+            job_id=job_id,
+            batch_id=batch_id,
+            audience_id=spec.audience_id,
             destination_id=spec.destination_id,
         )
     self.follow(deliver(rt, batch_id), job_id)

@@ -31,8 +31,14 @@ SCHEMAS = tuple(ID_SCHEMA.values())
 STAGE_FLUSH = 100_000  # ids buffered before one pipelined round of variadic SADDs (~8 MB)
 PLAN_FLUSH = 50  # batches written per pipeline while planning
 REJECT_SAMPLES = 20
-_BATCH_COUNTERS = ("batches_total", "batches_finished", "batches_succeeded", "batches_failed",
-                   "batches_parked", "batches_split")
+_BATCH_COUNTERS = (
+    "batches_total",
+    "batches_finished",
+    "batches_succeeded",
+    "batches_failed",
+    "batches_parked",
+    "batches_split",
+)
 
 
 @dataclass
@@ -97,9 +103,14 @@ class Stager:
         # into a count key costs more than a dict look-up): type, pre-hashed, allowed, count
         # keys, and the buffer slot (shard, schema) of each possible first byte of a digest.
         self.columns: dict[str, tuple[IdType, bool, bool, str, str, tuple[Any, ...]]] = {
-            column: (id_type, prehashed, id_type in self.allowed, f"valid:{id_type}",
-                     f"ignored:{id_type}",
-                     tuple((b % self.shards, ID_SCHEMA[id_type]) for b in range(256)))
+            column: (
+                id_type,
+                prehashed,
+                id_type in self.allowed,
+                f"valid:{id_type}",
+                f"ignored:{id_type}",
+                tuple((b % self.shards, ID_SCHEMA[id_type]) for b in range(256)),
+            )
             for column, (id_type, prehashed) in COLUMNS.items()
         }
 
@@ -158,8 +169,12 @@ class Stager:
             self.renew()
 
 
-def _rows(rt: Runtime, spec: JobSpec, members: list[dict[str, Any]] | None = None,
-          byte_range: tuple[int, int] | None = None) -> Iterator[Member | RejectedRow]:
+def _rows(
+    rt: Runtime,
+    spec: JobSpec,
+    members: list[dict[str, Any]] | None = None,
+    byte_range: tuple[int, int] | None = None,
+) -> Iterator[Member | RejectedRow]:
     if members is not None:
         yield from iter_inline(members)
         return
@@ -167,8 +182,13 @@ def _rows(rt: Runtime, spec: JobSpec, members: list[dict[str, Any]] | None = Non
         yield from iter_inline(spec.inline)
         return
     assert spec.members is not None
-    with open_source(spec.members, spec.format, max_line_bytes=rt.settings.max_line_bytes,
-                     http_timeout=rt.settings.source_http_timeout, byte_range=byte_range) as source:
+    with open_source(
+        spec.members,
+        spec.format,
+        max_line_bytes=rt.settings.max_line_bytes,
+        http_timeout=rt.settings.source_http_timeout,
+        byte_range=byte_range,
+    ) as source:
         yield from source
 
 
@@ -179,11 +199,27 @@ def _state_keys(rt: Runtime, spec: JobSpec, *kinds: str) -> list[str]:
         for schema in SCHEMAS:
             for kind in kinds:
                 if kind == "stage":
-                    out.append(keys.stage(spec.destination_id, spec.audience_id, shard, schema, spec.job_id))
+                    out.append(
+                        keys.stage(
+                            spec.destination_id, spec.audience_id, shard, schema, spec.job_id
+                        )
+                    )
                 elif kind == "minus":
-                    out.append(keys.stage(spec.destination_id, spec.audience_id, shard, schema, spec.job_id + "~minus"))
+                    out.append(
+                        keys.stage(
+                            spec.destination_id,
+                            spec.audience_id,
+                            shard,
+                            schema,
+                            spec.job_id + "~minus",
+                        )
+                    )
                 else:
-                    out.append(keys.diff(spec.destination_id, spec.audience_id, shard, schema, spec.job_id, kind))
+                    out.append(
+                        keys.diff(
+                            spec.destination_id, spec.audience_id, shard, schema, spec.job_id, kind
+                        )
+                    )
     return out
 
 
@@ -193,8 +229,14 @@ def drop_job_state(rt: Runtime, spec: JobSpec) -> None:
         rt.store.r.unlink(*keys[i : i + 500])
 
 
-def stage(rt: Runtime, spec: JobSpec, dest: Destination, byte_range: tuple[int, int] | None = None,
-          fresh: bool = True, renew: Any = None) -> Counter:
+def stage(
+    rt: Runtime,
+    spec: JobSpec,
+    dest: Destination,
+    byte_range: tuple[int, int] | None = None,
+    fresh: bool = True,
+    renew: Any = None,
+) -> Counter:
     """Stream the snapshot (or one byte range of it, or the delta's two lists) into staging sets.
 
     Returns the counts. `fresh` drops what an earlier attempt of this job staged; parts of a
@@ -207,7 +249,9 @@ def stage(rt: Runtime, spec: JobSpec, dest: Destination, byte_range: tuple[int, 
         return keys.stage(spec.destination_id, spec.audience_id, shard, schema, spec.job_id)
 
     def minus(shard: int, schema: str) -> str:
-        return keys.stage(spec.destination_id, spec.audience_id, shard, schema, spec.job_id + "~minus")
+        return keys.stage(
+            spec.destination_id, spec.audience_id, shard, schema, spec.job_id + "~minus"
+        )
 
     if fresh:
         drop_job_state(rt, spec)  # a redelivered job starts staging from scratch
@@ -250,13 +294,18 @@ def diff(rt: Runtime, spec: JobSpec) -> Counter:
         for schema in SCHEMAS:
             ledger = keys.ledger(d, a, shard, schema)
             staged = keys.stage(d, a, shard, schema, j)
-            add, rem = keys.diff(d, a, shard, schema, j, "add"), keys.diff(d, a, shard, schema, j, "del")
+            add, rem = (
+                keys.diff(d, a, shard, schema, j, "add"),
+                keys.diff(d, a, shard, schema, j, "del"),
+            )
             supp = [keys.suppressed(shard, schema)] if (shard, schema) in suppressed else []
             if spec.mode == "delta":
                 pipe.sdiffstore(add, [staged, ledger, *supp])
                 pipe.sinterstore(rem, [keys.stage(d, a, shard, schema, j + "~minus"), ledger])
             elif spec.resync:
-                pipe.sdiffstore(add, [staged, *supp])  # every member again, whatever the ledger says
+                pipe.sdiffstore(
+                    add, [staged, *supp]
+                )  # every member again, whatever the ledger says
                 pipe.sdiffstore(rem, [ledger, staged])
             else:
                 pipe.sdiffstore(add, [staged, ledger, *supp])
@@ -267,7 +316,10 @@ def diff(rt: Runtime, spec: JobSpec) -> Counter:
                 extra.append(schema)
         for schema in extra:
             ledger, staged = keys.ledger(d, a, shard, schema), keys.stage(d, a, shard, schema, j)
-            rem, held = keys.diff(d, a, shard, schema, j, "del"), keys.diff(d, a, shard, schema, j, "supp")
+            rem, held = (
+                keys.diff(d, a, shard, schema, j, "del"),
+                keys.diff(d, a, shard, schema, j, "supp"),
+            )
             pipe.sinterstore(held, [ledger, keys.suppressed(shard, schema)])
             pipe.sunionstore(rem, [rem, held])
             pipe.unlink(held)
@@ -326,7 +378,9 @@ def plan(rt: Runtime, spec: JobSpec, renew: Any = None) -> list[str]:
     attempt = int(store.r.hincrby(keys.job(j), "plans", 1))
     old = store.batch_ids(j)
     if old:
-        store.r.unlink(*[keys.batch(b) for b in old], *[keys.batch_data(b) for b in old], keys.job_batches(j))
+        store.r.unlink(
+            *[keys.batch(b) for b in old], *[keys.batch_data(b) for b in old], keys.job_batches(j)
+        )
         store.r.hset(keys.job(j), mapping=dict.fromkeys(_BATCH_COUNTERS, 0))
         store.r.delete(keys.job_finalize(j))
     suffix = "" if attempt == 1 else f"p{attempt}"
@@ -409,12 +463,21 @@ def _refresh(rt: Runtime, spec: JobSpec, job: Any, run: str) -> Step:
     lk = locks(rt)
     outcome = lk.acquire(d, a, job_id, spec.created_at)
     if outcome is LockResult.SUPERSEDED:
-        _end(rt, spec, JobStatus.SUPERSEDED, "a newer refresh of this audience was requested; it syncs instead")
+        _end(
+            rt,
+            spec,
+            JobStatus.SUPERSEDED,
+            "a newer refresh of this audience was requested; it syncs instead",
+        )
         return Step()
     if outcome is LockResult.WAIT:
         if job.status != JobStatus.WAITING:
-            store.update_job(job_id, status=JobStatus.WAITING, phase="waiting",
-                             message=f"waiting for job {lk.holder(d, a)} on the same audience")
+            store.update_job(
+                job_id,
+                status=JobStatus.WAITING,
+                phase="waiting",
+                message=f"waiting for job {lk.holder(d, a)} on the same audience",
+            )
             log.info("refresh_waiting", holder=lk.holder(d, a))
         else:
             store.update_job(job_id)  # heartbeat: the reconciler re-drives only silent jobs
@@ -425,7 +488,11 @@ def _refresh(rt: Runtime, spec: JobSpec, job: Any, run: str) -> Step:
     dest = store.destination(d)
     link = store.link(d, a)
     if dest is None or link is None:
-        what = f"destination {d!r}" if dest is None else f"audience {a!r} is not linked to destination {d!r}"
+        what = (
+            f"destination {d!r}"
+            if dest is None
+            else f"audience {a!r} is not linked to destination {d!r}"
+        )
         _end(rt, spec, JobStatus.FAILED, f"unknown {what}")
         return Step()
 
@@ -439,7 +506,11 @@ def _refresh(rt: Runtime, spec: JobSpec, job: Any, run: str) -> Step:
             # Several `stage_part` tasks read byte ranges of one big file in parallel. A new
             # round id: a part of an earlier split that is still alive cannot count as done.
             drop_job_state(rt, spec)
-            store.r.delete(_parts_key(rt, job_id), _parts_done_key(rt, job_id), store.keys.job(job_id) + ":plan")
+            store.r.delete(
+                _parts_key(rt, job_id),
+                _parts_done_key(rt, job_id),
+                store.keys.job(job_id) + ":plan",
+            )
             store.r.set(_round_key(rt, job_id), run, ex=store.ttl)
             store.update_job(job_id, stage_parts=len(parts))
             log.info("refresh_split", parts=len(parts))
@@ -450,8 +521,13 @@ def _refresh(rt: Runtime, spec: JobSpec, job: Any, run: str) -> Step:
             _source_failed(rt, spec, error)
             return Step()
         store.update_job(job_id, phase="staged", **counts)
-        log.info("refresh_staged", rows=counts["rows_read"], valid=counts["members_valid"],
-                 rejected=counts["rows_rejected"], excluded=counts["members_excluded"])
+        log.info(
+            "refresh_staged",
+            rows=counts["rows_read"],
+            valid=counts["members_valid"],
+            rejected=counts["rows_rejected"],
+            excluded=counts["members_excluded"],
+        )
     return diff_and_plan(rt, spec, run)
 
 
@@ -516,10 +592,24 @@ def stage_part(rt: Runtime, job_id: str, part: int, start: int, end: int) -> Ste
     except LeaseLost as error:
         log.warning("lease_lost", error=str(error), part=part)
         return Step()
-    keys = [_round_key(rt, job_id), _parts_key(rt, job_id), _parts_done_key(rt, job_id),
-            store.keys.job(job_id) + ":plan"]
-    done = int(store.r.eval(_PART_DONE, len(keys), *keys, split_round, part, json.dumps(counts),
-                            job.count("stage_parts"), store.ttl))
+    keys = [
+        _round_key(rt, job_id),
+        _parts_key(rt, job_id),
+        _parts_done_key(rt, job_id),
+        store.keys.job(job_id) + ":plan",
+    ]
+    done = int(
+        store.r.eval(
+            _PART_DONE,
+            len(keys),
+            *keys,
+            split_round,
+            part,
+            json.dumps(counts),
+            job.count("stage_parts"),
+            store.ttl,
+        )
+    )
     if done < 0:
         log.info("refresh_part_stale", part=part)  # the snapshot was split again meanwhile
         return Step()
@@ -552,8 +642,13 @@ def plan_after_parts(rt: Runtime, job_id: str) -> Step:
             for raw in store.r.hvals(_parts_key(rt, job_id)):
                 counts.update(json.loads(raw))
             store.update_job(job_id, phase="staged", **counts)
-            log.info("refresh_staged", rows=counts["rows_read"], valid=counts["members_valid"],
-                     rejected=counts["rows_rejected"], excluded=counts["members_excluded"])
+            log.info(
+                "refresh_staged",
+                rows=counts["rows_read"],
+                valid=counts["members_valid"],
+                rejected=counts["rows_rejected"],
+                excluded=counts["members_excluded"],
+            )
         elif job.phase != "staged":
             return Step()
         return diff_and_plan(rt, spec, run)
@@ -584,7 +679,9 @@ def diff_and_plan(rt: Runtime, spec: JobSpec, run: str | None = None) -> Step:
         for key in _state_keys(rt, spec, "stage"):
             store.r.expire(key, store.ttl)
         store.update_job(job_id, status=JobStatus.HELD, phase="staged", message=reason)
-        log.warning("refresh_held", removes=total(counts, "removes"), synced=total(counts, "synced_before"))
+        log.warning(
+            "refresh_held", removes=total(counts, "removes"), synced=total(counts, "synced_before")
+        )
         return Step()
 
     store.update_job(job_id, phase="planning")
@@ -592,20 +689,33 @@ def diff_and_plan(rt: Runtime, spec: JobSpec, run: str | None = None) -> Step:
     renew()  # still this execution's job: only then may its batches go out
     store.update_job(job_id, phase="sending")
     _drop(rt, spec, "stage", "minus", "add", "del")
-    log.info("refresh_planned", batches=len(batch_ids), adds=total(counts, "adds"), removes=total(counts, "removes"))
+    log.info(
+        "refresh_planned",
+        batches=len(batch_ids),
+        adds=total(counts, "adds"),
+        removes=total(counts, "removes"),
+    )
     if not batch_ids:
         return Step(finalize=True)
     return Step(send=batch_ids)
 
 
 def _diff_fields(counts: Counter) -> list[str]:
-    return [f"{g}:{s}" for g in ("adds", "removes", "synced_before", "staged", "suppressed") for s in SCHEMAS]
+    return [
+        f"{g}:{s}"
+        for g in ("adds", "removes", "synced_before", "staged", "suppressed")
+        for s in SCHEMAS
+    ]
 
 
 def _dry_run_message(counts: Counter) -> str:
     parts = []
     for schema in SCHEMAS:
-        adds, rem, before = counts[f"adds:{schema}"], counts[f"removes:{schema}"], counts[f"synced_before:{schema}"]
+        adds, rem, before = (
+            counts[f"adds:{schema}"],
+            counts[f"removes:{schema}"],
+            counts[f"synced_before:{schema}"],
+        )
         if adds or rem or before:
             parts.append(f"{schema}: +{adds} -{rem} -> {before + adds - rem}")
     after = total(counts, "synced_before") + total(counts, "adds") - total(counts, "removes")
@@ -619,7 +729,9 @@ def _drop(rt: Runtime, spec: JobSpec, *kinds: str) -> None:
 
 
 def _end(rt: Runtime, spec: JobSpec, status: JobStatus, message: str) -> None:
-    rt.store.update_job(spec.job_id, status=status, phase="done", message=message, finished_at=time.time())
+    rt.store.update_job(
+        spec.job_id, status=status, phase="done", message=message, finished_at=time.time()
+    )
     locks(rt).release(spec.destination_id, spec.audience_id, spec.job_id)
     if status not in (JobStatus.HELD,):
         drop_job_state(rt, spec)
@@ -665,13 +777,24 @@ def _finalize(rt: Runtime, job_id: str) -> None:
     store = rt.store
     job = store.job(job_id)
     spec = store.job_spec(job_id)
-    if job is None or spec is None or job.status in AT_REST or job.phase not in ("sending", "finalizing"):
+    if (
+        job is None
+        or spec is None
+        or job.status in AT_REST
+        or job.phase not in ("sending", "finalizing")
+    ):
         return
     if job.count("batches_finished") < job.count("batches_total"):
-        log.info("finalize_early", finished=job.count("batches_finished"), total=job.count("batches_total"))
+        log.info(
+            "finalize_early",
+            finished=job.count("batches_finished"),
+            total=job.count("batches_total"),
+        )
         return
     store.update_job(job_id, phase="finalizing")
-    succeeded, failed, parked = (job.count(f"batches_{s}") for s in ("succeeded", "failed", "parked"))
+    succeeded, failed, parked = (
+        job.count(f"batches_{s}") for s in ("succeeded", "failed", "parked")
+    )
     if parked:
         dest = store.destination(spec.destination_id)
         status = JobStatus.AUTH_FAILED
@@ -699,15 +822,23 @@ def _finalize(rt: Runtime, job_id: str) -> None:
         log.warning("suppression_settle_failed", error=str(error))
     now = time.time()
     store.update_job(job_id, status=status, phase="done", message=message, finished_at=now)
-    store.update_link(spec.destination_id, spec.audience_id, last_job_id=job_id, last_refresh_at=now)
+    store.update_link(
+        spec.destination_id, spec.audience_id, last_job_id=job_id, last_refresh_at=now
+    )
     _drop(rt, spec, "stage", "minus", "add", "del")
     for batch in store.iter_batches(job_id):  # a page at a time: 10M members are 25k batches
         if batch.state in (BatchState.FAILED, BatchState.PARKED):
             store.r.expire(store.keys.batch_data(batch.batch_id), store.ttl)
     locks(rt).release(spec.destination_id, spec.audience_id, job_id)
     store.expire_job(job_id)
-    log.info("job_finished", status=str(status), batches=job.count("batches_total"),
-             succeeded=succeeded, failed=failed, parked=parked)
+    log.info(
+        "job_finished",
+        status=str(status),
+        batches=job.count("batches_total"),
+        succeeded=succeeded,
+        failed=failed,
+        parked=parked,
+    )
 
 
 def synced_size(rt: Runtime, dest_id: str, audience_id: str) -> int:
@@ -724,7 +855,12 @@ def ledger_hashes(rt: Runtime, dest_id: str, audience_id: str) -> dict[str, set[
     for schema in SCHEMAS:
         ids: set[str] = set()
         for shard in range(rt.settings.state_shards):
-            ids.update(m.hex() for m in rt.store.r.sscan_iter(rt.store.keys.ledger(dest_id, audience_id, shard, schema), count=5000))
+            ids.update(
+                m.hex()
+                for m in rt.store.r.sscan_iter(
+                    rt.store.keys.ledger(dest_id, audience_id, shard, schema), count=5000
+                )
+            )
         if ids:
             out[schema] = ids
     return out
@@ -738,7 +874,9 @@ def _record_match_rate(rt: Runtime, spec: JobSpec) -> None:
         return
     synced = synced_size(rt, spec.destination_id, spec.audience_id)
     try:
-        details = rt.client.get_audiences(rt.store.token(dest.id), dest.advertiser_id, [link.tiktok_audience_id])
+        details = rt.client.get_audiences(
+            rt.store.token(dest.id), dest.advertiser_id, [link.tiktok_audience_id]
+        )
         matched = int(details[0].get("cover_num", 0)) if details else None
     except Exception as error:  # match rate is informative; a failure must not fail the job
         log.warning("match_rate_unavailable", error=str(error))

@@ -186,7 +186,9 @@ class Store:
     def require_destination(self, dest_id: str) -> Destination:
         dest = self.destination(dest_id)
         if dest is None:
-            raise LookupError(f"unknown destination {dest_id!r} (see `tiktok-sync destination list`)")
+            raise LookupError(
+                f"unknown destination {dest_id!r} (see `tiktok-sync destination list`)"
+            )
         return dest
 
     def token(self, dest_id: str) -> str:
@@ -264,15 +266,25 @@ class Store:
         if not self.r.hsetnx(key, "status", JobStatus.QUEUED):
             return False
         pipe = self.r.pipeline()
-        pipe.hset(key, mapping={
-            "phase": "queued", "destination_id": spec.destination_id, "audience_id": spec.audience_id,
-            "source": redact_uri(spec.members) if spec.members else f"{spec.mode} (inline)",
-            "mode": spec.mode, "created_at": spec.created_at,
-        })
+        pipe.hset(
+            key,
+            mapping={
+                "phase": "queued",
+                "destination_id": spec.destination_id,
+                "audience_id": spec.audience_id,
+                "source": redact_uri(spec.members) if spec.members else f"{spec.mode} (inline)",
+                "mode": spec.mode,
+                "created_at": spec.created_at,
+            },
+        )
         pipe.set(self.keys.job_spec(spec.job_id), spec.model_dump_json())
         pipe.zadd(self.keys.jobs, {spec.job_id: spec.created_at})
         pipe.lpush(self.keys.history(spec.destination_id, spec.audience_id), spec.job_id)
-        pipe.ltrim(self.keys.history(spec.destination_id, spec.audience_id), 0, self.settings.history_length - 1)
+        pipe.ltrim(
+            self.keys.history(spec.destination_id, spec.audience_id),
+            0,
+            self.settings.history_length - 1,
+        )
         pipe.execute()
         return True
 
@@ -286,7 +298,10 @@ class Store:
 
     def update_job(self, job_id: str, **fields: Any) -> None:
         fields["updated_at"] = time.time()
-        self.r.hset(self.keys.job(job_id), mapping={k: "" if v is None else str(v) for k, v in fields.items()})
+        self.r.hset(
+            self.keys.job(job_id),
+            mapping={k: "" if v is None else str(v) for k, v in fields.items()},
+        )
 
     def count(self, job_id: str, counts: dict[str, int]) -> None:
         if counts:
@@ -297,9 +312,14 @@ class Store:
                     pipe.hincrby(key, name, value)
             pipe.execute()
 
-    def jobs(self, dest_id: str | None = None, audience_id: str | None = None, limit: int = 50) -> list[JobRecord]:
+    def jobs(
+        self, dest_id: str | None = None, audience_id: str | None = None, limit: int = 50
+    ) -> list[JobRecord]:
         if dest_id and audience_id:
-            ids = [i.decode() for i in self.r.lrange(self.keys.history(dest_id, audience_id), 0, limit - 1)]
+            ids = [
+                i.decode()
+                for i in self.r.lrange(self.keys.history(dest_id, audience_id), 0, limit - 1)
+            ]
         else:
             ids = [i.decode() for i in self.r.zrevrange(self.keys.jobs, 0, max(limit * 20, 200))]
         out = []
@@ -307,7 +327,9 @@ class Store:
             job = self.job(job_id)
             if job is None:
                 continue
-            if (dest_id and job.destination_id != dest_id) or (audience_id and job.audience_id != audience_id):
+            if (dest_id and job.destination_id != dest_id) or (
+                audience_id and job.audience_id != audience_id
+            ):
                 continue
             out.append(job)
             if len(out) >= limit:
@@ -326,10 +348,16 @@ class Store:
 
     def expire_job(self, job_id: str) -> None:
         pipe = self.r.pipeline(transaction=False)
-        for key in (self.keys.job(job_id), self.keys.job_spec(job_id), self.keys.job_batches(job_id),
-                    self.keys.job_rejects(job_id), self.keys.job_finalize(job_id),
-                    self.keys.job(job_id) + ":parts", self.keys.job(job_id) + ":parts_done",
-                    self.keys.job(job_id) + ":plan"):
+        for key in (
+            self.keys.job(job_id),
+            self.keys.job_spec(job_id),
+            self.keys.job_batches(job_id),
+            self.keys.job_rejects(job_id),
+            self.keys.job_finalize(job_id),
+            self.keys.job(job_id) + ":parts",
+            self.keys.job(job_id) + ":parts_done",
+            self.keys.job(job_id) + ":plan",
+        ):
             pipe.expire(key, self.ttl)
         for n, batch_id in enumerate(self.batch_ids(job_id), 1):
             pipe.expire(self.keys.batch(batch_id), self.ttl)
@@ -345,10 +373,19 @@ class Store:
         pipe = self.r.pipeline(transaction=False)
         for batch_id, action, schema, data in batches:
             pipe.set(self.keys.batch_data(batch_id), data)
-            pipe.hset(self.keys.batch(batch_id), mapping={
-                "batch_id": batch_id, "job_id": job_id, "action": action, "schema": schema,
-                "size": len(data) // DIGEST, "state": BatchState.PENDING, "attempts": 0, "created_at": now,
-            })
+            pipe.hset(
+                self.keys.batch(batch_id),
+                mapping={
+                    "batch_id": batch_id,
+                    "job_id": job_id,
+                    "action": action,
+                    "schema": schema,
+                    "size": len(data) // DIGEST,
+                    "state": BatchState.PENDING,
+                    "attempts": 0,
+                    "created_at": now,
+                },
+            )
             pipe.rpush(self.keys.job_batches(job_id), batch_id)
         pipe.hincrby(self.keys.job(job_id), "batches_total", len(batches))
         pipe.execute()
@@ -378,7 +415,10 @@ class Store:
         return self.r.get(self.keys.batch_data(batch_id))
 
     def update_batch(self, batch_id: str, **fields: Any) -> None:
-        self.r.hset(self.keys.batch(batch_id), mapping={k: "" if v is None else str(v) for k, v in fields.items()})
+        self.r.hset(
+            self.keys.batch(batch_id),
+            mapping={k: "" if v is None else str(v) for k, v in fields.items()},
+        )
 
     def incr_batch(self, batch_id: str, field: str, amount: float = 1) -> None:
         if isinstance(amount, float) and not amount.is_integer():
@@ -386,8 +426,13 @@ class Store:
         else:
             self.r.hincrby(self.keys.batch(batch_id), field, int(amount))
 
-    def commit_batch(self, batch: BatchRecord, dest_id: str, audience_id: str,
-                     ledger_groups: dict[int, list[bytes]] | dict[int, bytes]) -> tuple[int, int]:
+    def commit_batch(
+        self,
+        batch: BatchRecord,
+        dest_id: str,
+        audience_id: str,
+        ledger_groups: dict[int, list[bytes]] | dict[int, bytes],
+    ) -> tuple[int, int]:
         """Ledger update + batch `succeeded` + job counters, atomically. (-1, 0) if not pending.
 
         `ledger_groups`: shard -> its digests, as a list or concatenated (`shard_blobs`)."""
@@ -403,7 +448,8 @@ class Store:
 
     def finish_batch(self, batch: BatchRecord, state: BatchState) -> tuple[int, int]:
         finished, total = self._finish(
-            keys=[self.keys.batch(batch.batch_id), self.keys.job(batch.job_id)], args=[state.value, time.time()]
+            keys=[self.keys.batch(batch.batch_id), self.keys.job(batch.job_id)],
+            args=[state.value, time.time()],
         )
         return int(finished), int(total)
 
@@ -411,7 +457,11 @@ class Store:
         """Replace a pending batch by its two halves; returns the new batch ids ([] if not pending)."""
         children = [f"{batch.batch_id}.{i}" for i in (1, 2)]
         cut = (batch.size // 2) * DIGEST
-        keys = [self.keys.batch(batch.batch_id), self.keys.job(batch.job_id), self.keys.batch_data(batch.batch_id)]
+        keys = [
+            self.keys.batch(batch.batch_id),
+            self.keys.job(batch.job_id),
+            self.keys.batch_data(batch.batch_id),
+        ]
         for child in children:
             keys += [self.keys.batch(child), self.keys.batch_data(child)]
         keys.append(self.keys.job_batches(batch.job_id))

@@ -87,8 +87,15 @@ class TikTokError(Exception):
 
     answer_class: AnswerClass = AnswerClass.BAD_REQUEST
 
-    def __init__(self, message: str, *, code: int | None = None, request_id: str | None = None,
-                 http_status: int | None = None, retry_after: float | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: int | None = None,
+        request_id: str | None = None,
+        http_status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.code = code
@@ -182,8 +189,16 @@ def _environment(session: requests.Session, url: str) -> dict[str, Any]:
 class TikTokClient:
     """Thin typed wrapper over the five endpoints tiktok-sync uses."""
 
-    def __init__(self, base_url: str, *, connect_timeout: float = 5.0, read_timeout: float = 30.0,
-                 app_id: str = "", app_secret: str = "", pool_size: int = 16) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        connect_timeout: float = 5.0,
+        read_timeout: float = 30.0,
+        app_id: str = "",
+        app_secret: str = "",
+        pool_size: int = 16,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = (connect_timeout, read_timeout)
         self.app_id = app_id
@@ -201,18 +216,34 @@ class TikTokClient:
         )
 
     # -- transport -------------------------------------------------------------------------
-    def call(self, method: str, path: str, *, token: str | None = None,
-             body: dict[str, Any] | bytes | None = None, params: dict[str, Any] | None = None) -> Answer:
+    def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        token: str | None = None,
+        body: dict[str, Any] | bytes | None = None,
+        params: dict[str, Any] | None = None,
+    ) -> Answer:
         """One HTTP call; network failures become `Transient`, answers are returned unclassified."""
         headers = {"Content-Type": "application/json"}
         if token is not None:
             headers["Access-Token"] = token
-        data = body if isinstance(body, bytes) or body is None else json.dumps(body, separators=(",", ":"))
+        data = (
+            body
+            if isinstance(body, bytes) or body is None
+            else json.dumps(body, separators=(",", ":"))
+        )
         url = f"{self.base_url}/{path.strip('/')}/"
         session = _session(self.pool_size)
         try:
             response = session.request(
-                method, url, data=data, params=params, headers=headers, timeout=self.timeout,
+                method,
+                url,
+                data=data,
+                params=params,
+                headers=headers,
+                timeout=self.timeout,
                 **_environment(session, url),
             )
         except requests.Timeout as error:
@@ -225,8 +256,14 @@ class TikTokClient:
         except ValueError:
             payload = None
         if not isinstance(payload, dict):
-            return Answer(response.status_code, None, f"HTTP {response.status_code}, body is not JSON",
-                          response.headers.get("X-Tt-Logid"), {}, retry_after)
+            return Answer(
+                response.status_code,
+                None,
+                f"HTTP {response.status_code}, body is not JSON",
+                response.headers.get("X-Tt-Logid"),
+                {},
+                retry_after,
+            )
         code = payload.get("code")
         return Answer(
             response.status_code,
@@ -244,46 +281,84 @@ class TikTokClient:
         if answer_class is AnswerClass.OK:
             return answer
         raise ERRORS[answer_class](
-            answer.message or f"HTTP {answer.http_status}", code=answer.code,
-            request_id=answer.request_id, http_status=answer.http_status, retry_after=answer.retry_after,
+            answer.message or f"HTTP {answer.http_status}",
+            code=answer.code,
+            request_id=answer.request_id,
+            http_status=answer.http_status,
+            retry_after=answer.retry_after,
         )
 
     # -- endpoints -------------------------------------------------------------------------
-    def mapping(self, token: str, advertiser_id: str, audience_id: str, action: str, id_schema: str,
-                hashes: Iterable[str]) -> Answer:
+    def mapping(
+        self,
+        token: str,
+        advertiser_id: str,
+        audience_id: str,
+        action: str,
+        id_schema: str,
+        hashes: Iterable[str],
+    ) -> Answer:
         """POST /segment/mapping/ for one schema and one action; raises on anything but OK."""
         body = mapping_body(advertiser_id, audience_id, action, id_schema, hashes)
         return self.checked("POST", "segment/mapping", token=token, body=body)
 
     def create_audience(self, token: str, advertiser_id: str, name: str) -> str:
-        answer = self.checked("POST", "segment/audience", token=token, body={
-            "advertiser_id": advertiser_id, "action": "create", "custom_audience_name": audience_name(name),
-        })
+        answer = self.checked(
+            "POST",
+            "segment/audience",
+            token=token,
+            body={
+                "advertiser_id": advertiser_id,
+                "action": "create",
+                "custom_audience_name": audience_name(name),
+            },
+        )
         return str(answer.data["audience_id"])
 
-    def get_audiences(self, token: str, advertiser_id: str, audience_ids: Sequence[str]) -> list[dict[str, Any]]:
-        answer = self.checked("GET", "dmp/custom_audience/get", token=token, params={
-            "advertiser_id": advertiser_id, "custom_audience_ids": json.dumps(list(audience_ids)),
-        })
+    def get_audiences(
+        self, token: str, advertiser_id: str, audience_ids: Sequence[str]
+    ) -> list[dict[str, Any]]:
+        answer = self.checked(
+            "GET",
+            "dmp/custom_audience/get",
+            token=token,
+            params={
+                "advertiser_id": advertiser_id,
+                "custom_audience_ids": json.dumps(list(audience_ids)),
+            },
+        )
         return [item.get("audience_details", item) for item in answer.data.get("list", [])]
 
     def exchange_auth_code(self, auth_code: str) -> dict[str, Any]:
-        answer = self.checked("POST", "oauth2/access_token", body={
-            "app_id": self.app_id, "secret": self.app_secret, "auth_code": auth_code,
-        })
+        answer = self.checked(
+            "POST",
+            "oauth2/access_token",
+            body={
+                "app_id": self.app_id,
+                "secret": self.app_secret,
+                "auth_code": auth_code,
+            },
+        )
         return answer.data
 
     def advertisers(self, token: str) -> list[dict[str, Any]]:
-        answer = self.checked("GET", "oauth2/advertiser/get", token=token,
-                              params={"app_id": self.app_id, "secret": self.app_secret})
+        answer = self.checked(
+            "GET",
+            "oauth2/advertiser/get",
+            token=token,
+            params={"app_id": self.app_id, "secret": self.app_secret},
+        )
         return list(answer.data.get("list", []))
 
 
-def mapping_body(advertiser_id: str, audience_id: str, action: str, id_schema: str,
-                 hashes: Iterable[str]) -> bytes:
+def mapping_body(
+    advertiser_id: str, audience_id: str, action: str, id_schema: str, hashes: Iterable[str]
+) -> bytes:
     """The JSON body of one mapping call, built as bytes directly (hot path: 1000 rows a call)."""
-    head = json.dumps({"advertiser_ids": [advertiser_id], "action": action, "id_schema": [id_schema]},
-                      separators=(",", ":"))[:-1]
+    head = json.dumps(
+        {"advertiser_ids": [advertiser_id], "action": action, "id_schema": [id_schema]},
+        separators=(",", ":"),
+    )[:-1]
     aud = json.dumps([audience_id])
     rows = ",".join(f'[{{"id":"{h}","audience_ids":{aud}}}]' for h in hashes)
     return f'{head},"batch_data":[{rows}]}}'.encode()
@@ -296,5 +371,3 @@ def _retry_after(value: str | None) -> float | None:
         return max(0.0, float(value))
     except ValueError:
         return None
-
-
