@@ -35,6 +35,7 @@ class SyncTask(Task):
     abstract = True
     acks_late = True
     max_retries = None  # our own policies bound retries (RetryPolicy, the lock wait)
+    trail = False  # fan-out sends thousands of messages: do not keep their results on the parent
     autoretry_for = (redis.ConnectionError, redis.TimeoutError)
     retry_backoff = 2
     retry_backoff_max = 60
