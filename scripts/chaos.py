@@ -37,7 +37,14 @@ from typing import Any
 import redis
 
 from scripts.gen_members import generate
-from tests.harness import RedisServer, WorkerProcess, base_env, expected_pairs, held_pairs
+from tests.harness import (
+    RedisServer,
+    WorkerProcess,
+    base_env,
+    beat_args,
+    expected_pairs,
+    held_pairs,
+)
 
 TOKEN = "chaos-token-5e1f0c9a77b3"
 ADVERTISER = "7009990001"
@@ -113,21 +120,8 @@ class Beat(WorkerProcess):
     """`celery -A worker.app beat`: the reconciler's clock (a fresh schedule file each start)."""
 
     def __init__(self, env: dict[str, str], workdir: Path) -> None:
-        super().__init__(env, log_path=workdir / "beat.log")
         schedule = workdir / f"beat-schedule-{uuid.uuid4().hex[:8]}"
-        self.args = [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "worker.app",
-            "beat",
-            "-l",
-            "INFO",
-            "-s",
-            str(schedule),
-            "--pidfile=",
-        ]
+        super().__init__(env, log_path=workdir / "beat.log", args=beat_args(schedule))
 
 
 # -- the expected set: an independent reference -------------------------------------------------

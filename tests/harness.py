@@ -91,9 +91,11 @@ class WorkerProcess:
         concurrency: int = 8,
         name: str | None = None,
         log_path: Path | None = None,
+        args: list[str] | None = None,
     ) -> None:
         self.env = env
-        self.args = [
+        # `args` runs another command of the stack (beat, Flower, the exporter) the same way.
+        self.args = args or [
             sys.executable,
             "-m",
             "celery",
@@ -150,6 +152,20 @@ class WorkerProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+CELERY = [sys.executable, "-m", "celery", "-A", "worker.app"]
+
+
+def beat_args(schedule: Path) -> list[str]:
+    """`celery -A worker.app beat` with its own schedule file (and no pid file)."""
+    return [*CELERY, "beat", "-l", "INFO", "-s", str(schedule), "--pidfile="]
+
+
+def beat_process(
+    env: dict[str, str], schedule: Path, log_path: Path | None = None
+) -> WorkerProcess:
+    return WorkerProcess(env, log_path=log_path, args=beat_args(schedule))
 
 
 def base_env(redis_url: str, tiktok_url: str, **extra: Any) -> dict[str, str]:

@@ -5,7 +5,6 @@ match rate, dry run, delta jobs and resync. Each test checks what the emulator h
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
 from collections import Counter
@@ -16,7 +15,7 @@ import pytest
 
 from scripts.gen_members import generate
 from tests.conftest import ADVERTISER, TOKEN
-from tests.harness import ROOT, expected_pairs, held_pairs, wait_until
+from tests.harness import beat_process, expected_pairs, held_pairs, wait_until
 from worker import api, maintenance
 from worker.identifiers import ID_SCHEMA, IdType, hash_normalized, normalize
 from worker.idgraph import Graph
@@ -138,42 +137,6 @@ def test_concurrent_schedule_ticks_enqueue_each_due_refresh_once(
     assert uri == str(tmp_path / time.strftime("m-%Y%m%d.csv", time.gmtime()))  # the date template
 
 
-class BeatProcess:
-    """`celery -A worker.app beat` as a subprocess with its own schedule file."""
-
-    def __init__(self, env: dict[str, str], workdir: Path, name: str) -> None:
-        import subprocess
-
-        self.log_path = workdir / f"{name}.log"
-        args = [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "worker.app",
-            "beat",
-            "-l",
-            "INFO",
-            "-s",
-            str(workdir / f"{name}-schedule"),
-            "--pidfile",
-            str(workdir / f"{name}.pid"),
-        ]
-        self._log = open(self.log_path, "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            args, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT
-        )
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(15)
-        except Exception:
-            self.proc.kill()
-            self.proc.wait(5)
-        self._log.close()
-
-
 def test_two_beat_processes_enqueue_a_due_refresh_once(
     rt: Runtime, emulator: Any, worker: Any, worker_env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -187,7 +150,10 @@ def test_two_beat_processes_enqueue_a_due_refresh_once(
         refresh_every_seconds=3600,
     )
     env = {**worker_env, "SCHEDULE_INTERVAL_SECONDS": "0.5", "RECONCILE_INTERVAL_SECONDS": "3600"}
-    beats = [BeatProcess(env, tmp_path, f"beat{i}") for i in range(2)]
+    beats = [
+        beat_process(env, tmp_path / f"beat{i}-schedule", tmp_path / f"beat{i}.log").start()
+        for i in range(2)
+    ]
     try:
         jobs = wait_until(
             lambda: rt.store.jobs("acme", "aud-sched"), timeout=60, what="a scheduled job"

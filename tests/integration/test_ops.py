@@ -8,9 +8,7 @@ The module runs its own stack the way the Procfile does: Redis, the emulator, a 
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
 import subprocess
 import sys
 import tempfile
@@ -28,7 +26,15 @@ from prometheus_client.parser import text_string_to_metric_families
 from config.celery import celery_config
 from scripts.gen_members import generate
 from tests.conftest import make_settings
-from tests.harness import ROOT, RedisServer, WorkerProcess, base_env, free_port, wait_until
+from tests.harness import (
+    CELERY,
+    ROOT,
+    RedisServer,
+    WorkerProcess,
+    base_env,
+    free_port,
+    wait_until,
+)
 from worker import api, metrics
 from worker.metrics import MetricKeys
 from worker.models import AT_REST, JobRecord, JobStatus
@@ -41,36 +47,6 @@ OTHER_TOKEN = "tok-ops-beta-99887766"
 ADVERTISER = "7000000077"
 FLOWER_AUTH = ("ops", "flower-pass-1234")
 PROGRESS = re.compile(r"(\d+)/(\d+) batches")
-
-
-class Service:
-    """A long-running subprocess of the stack (Flower, beat, the exporter), logging to a file."""
-
-    def __init__(self, args: list[str], env: dict[str, str]) -> None:
-        self.args, self.env = args, env
-        self.log_path = Path(tempfile.mkstemp(prefix="ts-ops-", suffix=".log")[1])
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Service:
-        self._log = open(self.log_path, "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            self.args,
-            cwd=ROOT,
-            env=self.env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        return self
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
 
 
 @dataclass
@@ -140,14 +116,17 @@ def stack() -> Iterator[Stack]:
         reconcile_interval_seconds=1,
     )
     flower_port, metrics_port = free_port(), free_port()
-    celery = [sys.executable, "-m", "celery", "-A", "worker.app"]
+    celery = CELERY
     refresh = WorkerProcess(env, queues="refresh", pool="prefork", concurrency=1, name="refresh")
     tiktok = WorkerProcess(env, queues="tiktok", pool="threads", concurrency=4, name="tiktok")
     services = [
-        Service([*celery, "beat", "-s", tempfile.mktemp(prefix="ts-beat-")], env),
-        Service([*celery, "flower", "--conf=config/flower.py", f"--port={flower_port}"], env),
-        Service(
-            [
+        WorkerProcess(env, args=[*celery, "beat", "-s", tempfile.mktemp(prefix="ts-beat-")]),
+        WorkerProcess(
+            env, args=[*celery, "flower", "--conf=config/flower.py", f"--port={flower_port}"]
+        ),
+        WorkerProcess(
+            env,
+            args=[
                 sys.executable,
                 "-m",
                 "worker.cli",
@@ -158,7 +137,6 @@ def stack() -> Iterator[Stack]:
                 "--address",
                 "127.0.0.1",
             ],
-            env,
         ),
     ]
     started: list[Any] = []

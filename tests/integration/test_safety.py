@@ -14,7 +14,6 @@ import base64
 import contextlib
 import gzip
 import json
-import sys
 import time
 import uuid
 from collections import deque
@@ -35,6 +34,7 @@ from tests.harness import (
     RedisServer,
     WorkerProcess,
     base_env,
+    beat_process,
     expected_pairs,
     file_pairs,
     free_port,
@@ -446,20 +446,7 @@ def own_workers(
     app.config_from_object(celery_config(local.settings))
     procs: list[WorkerProcess] = []
     if beat:
-        beat_proc = WorkerProcess(env, log_path=tmp_path / "beat.log")
-        beat_proc.args = [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "worker.app",
-            "beat",
-            "-l",
-            "INFO",
-            "-s",
-            str(tmp_path / "beat-schedule"),
-            "--pidfile=",
-        ]
+        beat_proc = beat_process(env, tmp_path / "beat-schedule", tmp_path / "beat.log")
         procs.append(beat_proc.start())
     try:
         yield local, app, env
