@@ -49,6 +49,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_soft_time_limit": settings.task_soft_time_limit,
         "worker_hijack_root_logger": False,
         "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "worker_consumer": "worker.consumer:Consumer",  # survives a Redis crash (see there)
         "timezone": "UTC",
         "beat_schedule": {
             "reconcile": {

@@ -30,7 +30,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -85,11 +85,17 @@ class Round:
     seconds: float = 0.0
     tiktok_ok: bool = False
     ledger_ok: bool = False
+    worker_exits: list[str] = field(default_factory=list)  # exits we did not cause
     note: str = ""
 
     @property
     def ok(self) -> bool:
-        return self.status == "succeeded" and self.tiktok_ok and self.ledger_ok
+        return (
+            self.status == "succeeded"
+            and self.tiktok_ok
+            and self.ledger_ok
+            and not self.worker_exits
+        )
 
 
 def plan(rounds: int, redis_crashes: int, seed: int) -> list[tuple[str, str]]:
@@ -233,8 +239,10 @@ class Rig:
             log_path=log_path,
         ).start()
 
-    def supervise(self) -> None:
-        """What a supervisor does: a dead beat is started again."""
+    def supervise(self) -> str | None:
+        """What a supervisor does: a dead beat or worker is started again. A worker that exited
+        by itself is returned (its exit code and log), for the round to fail on: workers must
+        outlive Redis crashes and their own children's deaths."""
         if (
             self.beat is not None
             and self.beat.proc is not None
@@ -242,6 +250,12 @@ class Rig:
         ):
             self.beat_restarts += 1
             self.beat = Beat(self.env, self.workdir).start()
+        worker = self.worker
+        if worker is not None and worker.proc is not None and worker.proc.poll() is not None:
+            exited = f"worker exited by itself (code {worker.proc.returncode}, {worker.log_path})"
+            self.start_worker()
+            return exited
+        return None
 
     def stop(self) -> None:
         for proc in (self.worker, self.beat):
@@ -308,7 +322,9 @@ class Rig:
         killed = False
         job = None
         while time.monotonic() - started < timeout:
-            self.supervise()
+            exited = self.supervise()
+            if exited:
+                rnd.worker_exits.append(exited)
             job = self.job(job_id)
             if job is not None and job.status in AT_REST:
                 break
@@ -343,6 +359,8 @@ class Rig:
         if not rnd.tiktok_ok:
             rnd.note = f"tiktok: {len(want - held)} missing, {len(held - want)} extra; {rnd.note}"
         rnd.ledger_ok = held_pairs(ledger_hashes(self.rt, DEST, AUDIENCE)) == held
+        if rnd.worker_exits:
+            rnd.note = f"{'; '.join(rnd.worker_exits)}; {rnd.note}"
         return rnd
 
 
