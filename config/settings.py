@@ -24,7 +24,8 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
 
-    # Redis: state, ledger, results store, rate limiter. Broker and results default to it.
+    # Redis: state, ledger, results store, rate limiter. The broker defaults to it; the results
+    # store lives in it (RESULTS_REDIS_URL may only repeat it: see _consistent).
     redis_url: str = "redis://127.0.0.1:6379/0"
     broker_url: str | None = None
     results_redis_url: str | None = None
@@ -116,6 +117,11 @@ class Settings(BaseSettings):
             raise ValueError("TASK_TIME_LIMIT must be below VISIBILITY_TIMEOUT")
         if self.rate_limit_min_per_second > self.rate_limit_per_second:
             raise ValueError("RATE_LIMIT_MIN_PER_SECOND must not exceed RATE_LIMIT_PER_SECOND")
+        if self.results_redis_url not in (None, self.redis_url):
+            raise ValueError(
+                "RESULTS_REDIS_URL must name the same Redis as REDIS_URL (or be left unset): a "
+                "batch's result is committed in one step with the ledger it changes"
+            )
         return self
 
     @property

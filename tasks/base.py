@@ -93,13 +93,18 @@ class SyncTask(Task):
 
     def follow(self, step: Step, job_id: str) -> None:
         """Enqueue what the step asks for; re-schedule this task last (retry raises)."""
-        for part, start, end in step.stage:
-            self.app.send_task("tiktok.stage_part", args=[job_id, part, start, end])
+        messages: list[tuple[str, list[Any]]] = [
+            ("tiktok.stage_part", [job_id, part, start, end]) for part, start, end in step.stage
+        ]
         if step.plan:
-            self.app.send_task("tiktok.plan_batches", args=[job_id])
-        for batch_id in step.send:
-            self.app.send_task("tiktok.send_batch", args=[batch_id])
+            messages.append(("tiktok.plan_batches", [job_id]))
+        messages.extend(("tiktok.send_batch", [batch_id]) for batch_id in step.send)
         if step.finalize:
-            self.app.send_task("tiktok.finalize", args=[job_id])
+            messages.append(("tiktok.finalize", [job_id]))
+        if messages:
+            # One producer (one pooled connection) for the whole fan-out of a plan.
+            with self.app.producer_or_acquire() as producer:
+                for name, args in messages:
+                    self.app.send_task(name, args=args, producer=producer)
         if step.wait is not None:
             raise self.retry(countdown=max(0.0, step.wait))

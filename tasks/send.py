@@ -13,17 +13,8 @@ from worker.runtime import runtime
 
 @app.task(name="tiktok.send_batch", bind=True, base=SyncTask)
 def send_batch(self: SyncTask, batch_id: str) -> None:
-    rt = runtime()
-    job_id = batch_id.rsplit("-", 1)[0]
-    spec = rt.store.job_spec(job_id)
-    if spec is not None:
-        structlog.contextvars.bind_contextvars(
-            job_id=job_id,
-            batch_id=batch_id,
-            audience_id=spec.audience_id,
-            destination_id=spec.destination_id,
-        )
-    self.follow(deliver(rt, batch_id), job_id)
+    # The log context (job, batch, audience, destination ids) is bound in before_start.
+    self.follow(deliver(runtime(), batch_id), batch_id.rsplit("-", 1)[0])
 
 
 @app.task(name="tiktok.finalize", bind=True, base=SyncTask)

@@ -50,6 +50,15 @@ def test_bad_value_names_the_variable(
     assert name in str(info.value.code)
 
 
+def test_results_redis_may_only_be_the_state_redis(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_URL", "redis://h:1/2")
+    monkeypatch.setenv("RESULTS_REDIS_URL", "redis://h:1/2")
+    assert load_settings().results_url == "redis://h:1/2"
+    monkeypatch.setenv("RESULTS_REDIS_URL", "redis://other:1/0")
+    with pytest.raises(SettingsError, match="RESULTS_REDIS_URL must name the same Redis"):
+        load_settings()
+
+
 def test_time_limits_must_fit_the_visibility_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VISIBILITY_TIMEOUT", "600")
     monkeypatch.setenv("TASK_TIME_LIMIT", "900")
