@@ -63,6 +63,11 @@ class Keys:
     def jobs(self) -> str:
         return f"{self.prefix}:jobs"
 
+    @property
+    def active_jobs(self) -> str:
+        """Jobs not (known to be) at rest: what the reconciler looks at."""
+        return f"{self.prefix}:jobs:active"
+
     def history(self, dest: str, audience: str) -> str:
         return f"{self.prefix}:history:{dest}:{audience}"
 

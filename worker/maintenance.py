@@ -40,13 +40,15 @@ def _last_progress(fields: list[bytes | None]) -> float:
 
 
 def reconcile(rt: Runtime, now: float | None = None) -> Iterator[tuple[str, Step | str]]:
-    """Yield (job_id, what to re-send) for every job stuck past the deadline."""
+    """Yield (job_id, what to re-send) for every job stuck past the deadline.
+
+    Only the active index is read (jobs not known to be at rest), never the whole history: a
+    pass costs what is in flight. Jobs found at rest (or expired) leave the index here."""
     store = rt.store
     now = now or time.time()
     deadline = now - rt.settings.stuck_job_seconds
-    ids = [
-        raw.decode() for raw in store.r.zrangebyscore(store.keys.jobs, now - store.ttl, deadline)
-    ]
+    ids = store.active_jobs()
+    resting: list[str] = []
     for i in range(0, len(ids), _SCAN):
         chunk = ids[i : i + _SCAN]
         pipe = store.r.pipeline(transaction=False)
@@ -60,11 +62,15 @@ def reconcile(rt: Runtime, now: float | None = None) -> Iterator[tuple[str, Step
                 "redriven_at",
             )
         for job_id, (status, *times) in zip(chunk, pipe.execute(), strict=True):
-            if status is None or status.decode() in AT_REST or _last_progress(times) >= deadline:
+            if status is None or status.decode() in AT_REST:
+                resting.append(job_id)
+                continue
+            if _last_progress(times) >= deadline:
                 continue
             step = redrive(rt, job_id, now)
             if step is not None:
                 yield job_id, step
+    store.deactivate_jobs(resting)
 
 
 def redrive(

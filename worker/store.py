@@ -18,6 +18,7 @@ import redis
 from config.settings import Settings, get_settings
 from worker.keys import Keys
 from worker.models import (
+    AT_REST,
     AudienceLink,
     BatchRecord,
     BatchState,
@@ -128,6 +129,17 @@ return 1
 """
 
 # Parked batches back to pending (resume after a token fix). KEYS: job, batch keys...
+# KEYS: job record, active index. ARGV: job id, then the at-rest statuses.
+_DEACTIVATE = """
+local status = redis.call('HGET', KEYS[1], 'status')
+local rest = status == false
+for i = 2, #ARGV do
+  if status == ARGV[i] then rest = true end
+end
+if rest then return redis.call('ZREM', KEYS[2], ARGV[1]) end
+return 0
+"""
+
 _UNPARK = """
 local n = 0
 for k = 2, #KEYS do
@@ -156,6 +168,7 @@ class Store:
         self._commit = client.register_script(_COMMIT_BATCH)
         self._split = client.register_script(_SPLIT_BATCH)
         self._unpark = client.register_script(_UNPARK)
+        self._deactivate = client.register_script(_DEACTIVATE)
         self._box: TokenBox | None = None
         self._tokens: dict[bytes, str] = {}  # encrypted blob -> token: decrypt once per blob
 
@@ -279,6 +292,7 @@ class Store:
         )
         pipe.set(self.keys.job_spec(spec.job_id), spec.model_dump_json())
         pipe.zadd(self.keys.jobs, {spec.job_id: spec.created_at})
+        pipe.zadd(self.keys.active_jobs, {spec.job_id: spec.created_at})
         pipe.lpush(self.keys.history(spec.destination_id, spec.audience_id), spec.job_id)
         pipe.ltrim(
             self.keys.history(spec.destination_id, spec.audience_id),
@@ -297,11 +311,36 @@ class Store:
         return JobRecord.from_hash(job_id, _text(raw)) if raw else None
 
     def update_job(self, job_id: str, **fields: Any) -> None:
-        fields["updated_at"] = time.time()
-        self.r.hset(
-            self.keys.job(job_id),
-            mapping={k: "" if v is None else str(v) for k, v in fields.items()},
-        )
+        now = fields["updated_at"] = time.time()
+        mapping = {k: "" if v is None else str(v) for k, v in fields.items()}
+        status = fields.get("status")
+        if status is None or status in AT_REST:
+            self.r.hset(self.keys.job(job_id), mapping=mapping)
+            return
+        # Back in motion (resumed, approved, ...): the reconciler watches it again. In this
+        # order, in one transaction: see deactivate_jobs.
+        pipe = self.r.pipeline()
+        pipe.hset(self.keys.job(job_id), mapping=mapping)
+        pipe.zadd(self.keys.active_jobs, {job_id: now}, nx=True)
+        pipe.execute()
+
+    def active_jobs(self) -> list[str]:
+        return [raw.decode() for raw in self.r.zrange(self.keys.active_jobs, 0, -1)]
+
+    def deactivate_jobs(self, job_ids: list[str]) -> int:
+        """Drop from the active index the jobs that are at rest (or gone); atomic per job, so a
+        job set in motion again meanwhile stays. Returns how many were dropped."""
+        if not job_ids:
+            return 0
+        pipe = self.r.pipeline(transaction=False)
+        rest = sorted(AT_REST)
+        for job_id in job_ids:
+            self._deactivate(
+                keys=[self.keys.job(job_id), self.keys.active_jobs],
+                args=[job_id, *rest],
+                client=pipe,
+            )
+        return sum(int(n) for n in pipe.execute())
 
     def count(self, job_id: str, counts: dict[str, int]) -> None:
         if counts:

@@ -391,6 +391,32 @@ def test_reconciler_redrives_a_silent_job_from_its_phase_once_per_deadline(
     assert again[sending] == pipeline.Step(send=[], finalize=True)
 
 
+def test_reconciler_reads_only_jobs_in_motion(rt: Runtime, emulator: Any) -> None:
+    """In-process. Finished jobs leave the active index on the next pass (the reconciler's cost
+    is what is in flight, not the history); a held job leaves it and comes back when approved;
+    a job set in motion between the status read and the removal stays."""
+    link(rt)
+    done = new_job(rt, inline=emails(50, "done"))
+    assert drive(rt, done).status == JobStatus.SUCCEEDED
+    queued = new_job(rt, inline=emails(50, "queued"))
+    assert set(rt.store.active_jobs()) == {done, queued}
+    assert dict(maintenance.reconcile(rt)) == {}
+    assert rt.store.active_jobs() == [queued]  # done left; queued is not late yet
+
+    held = drive(rt, queued, finalize=False)  # newer than `done`: it would delete all 50
+    assert held.status == JobStatus.HELD
+    list(maintenance.reconcile(rt))
+    assert rt.store.active_jobs() == []
+    pipeline.approve(rt, queued)
+    assert rt.store.active_jobs() == [queued]
+    # The race: a pass read `held` just before approve; its removal must not drop the job.
+    assert rt.store.deactivate_jobs([queued]) == 0
+    assert rt.store.active_jobs() == [queued]
+    assert drive(rt, queued).status == JobStatus.SUCCEEDED
+    assert rt.store.deactivate_jobs([queued, "job_gone"]) == 1
+    assert rt.store.active_jobs() == []
+
+
 def test_reconciler_leaves_alone_what_is_alive(rt: Runtime, emulator: Any) -> None:
     link(rt)
     stuck = rt.settings.stuck_job_seconds
