@@ -5,14 +5,17 @@ children, or the whole worker and then a fresh one, as a supervisor would) and c
                             [--workdir DIR]
 
 Everything runs here: a private `redis-server` with append-only persistence (appendfsync
-everysec, and crashed with SIGKILL: up to a second of writes is lost), the TikTok emulator
+everysec; crashed with SIGKILL, which loses no acknowledged write: Redis writes the AOF before
+it replies, and only a host crash loses the unsynced second), the TikTok emulator
 in-process at zero latency, one prefork worker for both queues, and `celery beat` running the
 reconciler every RECONCILE_INTERVAL_SECONDS. Round 0 syncs the whole audience; every later round
 syncs a changed snapshot (5% of the members dropped, the previous round's dropped ones back, 1%
 consent withdrawn). One kill per round, at a random moment: a random delay after enqueueing, or
 a random instant inside a chosen phase. A round passes when its job ends `succeeded`, the
-emulator holds exactly the expected set (computed independently of the pipeline) and the ledger
-equals what the emulator holds. The table is printed round by round.
+emulator holds exactly the expected set (computed independently of the pipeline), the ledger
+equals what the emulator holds, and no worker process exited by itself (a worker must outlive a
+Redis crash; one that does not is started again, as a supervisor would, and the round fails).
+The table is printed round by round.
 """
 
 from __future__ import annotations
@@ -289,7 +292,7 @@ class Rig:
             self.start_worker()  # a supervisor starts a fresh one
         elif kind == "redis":
             assert self.redis.proc is not None
-            self.redis.proc.kill()  # a crash, not a shutdown: the last second may be lost
+            self.redis.proc.kill()  # a crash, not a shutdown: no SAVE, no clean AOF close
             self.redis.proc.wait(10)
             time.sleep(1.0)
             self.redis.start()
