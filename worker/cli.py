@@ -335,10 +335,11 @@ def refresh(
     ] = 3600,
 ) -> None:
     """Enqueue a refresh of one audience from a members snapshot; prints the job id."""
-    job = _guard(
-        api.enqueue_refresh,
+    _enqueue(
         destination,
         audience_id,
+        wait,
+        timeout,
         members=members,
         format=format,
         job_id=job_id,
@@ -346,12 +347,17 @@ def refresh(
         resync=resync,
         allow_mass_delete=allow_mass_delete,
     )
-    print(job)
+
+
+def _enqueue(destination: str, audience_id: str, wait: bool, timeout: float, **job: Any) -> None:
+    """Enqueue a refresh and print its id; with --wait, follow it and exit 0 only when it
+    succeeded (or was a dry run)."""
+    job_id = _guard(api.enqueue_refresh, destination, audience_id, **job)
+    print(job_id)
     if wait:
-        record = _progress(job, timeout)
+        record = _progress(job_id, timeout)
         _print_summary(record)
-        ok = record.status in (JobStatus.SUCCEEDED, JobStatus.DRY_RUN)
-        raise typer.Exit(0 if ok else 1)
+        raise typer.Exit(0 if record.status in (JobStatus.SUCCEEDED, JobStatus.DRY_RUN) else 1)
 
 
 def _job_dict(job: JobRecord, batches: bool = False) -> dict[str, Any]:

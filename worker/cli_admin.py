@@ -16,11 +16,10 @@ from rich.table import Table
 from worker import api
 from worker.cli import (
     JsonOpt,
+    _enqueue,
     _fail,
     _guard,
     _print_json,
-    _print_summary,
-    _progress,
     audience_cli,
     cli,
     destination_cli,
@@ -417,17 +416,13 @@ def delta(
     removals = _delta_rows(remove, counts, "remove")
     if counts:
         out.print(f"skipped invalid rows: {_counts_line(counts)}", highlight=False)
-    job = _guard(
-        api.enqueue_refresh,
+    _enqueue(
         destination,
         audience_id,
+        wait,
+        timeout,
         additions=additions,
         removals=removals,
         job_id=job_id,
         dry_run=dry_run,
     )
-    print(job)
-    if wait:
-        record = _progress(job, timeout)
-        _print_summary(record)
-        raise typer.Exit(0 if record.status in (JobStatus.SUCCEEDED, JobStatus.DRY_RUN) else 1)
