@@ -279,9 +279,11 @@ class Store:
         if not self.r.hsetnx(key, "status", JobStatus.QUEUED):
             return False
         pipe = self.r.pipeline()
+        pipe.delete(key)  # counters a lost earlier record left behind (see job())
         pipe.hset(
             key,
             mapping={
+                "status": JobStatus.QUEUED,
                 "phase": "queued",
                 "destination_id": spec.destination_id,
                 "audience_id": spec.audience_id,
@@ -308,7 +310,9 @@ class Store:
 
     def job(self, job_id: str) -> JobRecord | None:
         raw = self.r.hgetall(self.keys.job(job_id))
-        return JobRecord.from_hash(job_id, _text(raw)) if raw else None
+        if b"status" not in raw:  # none, or counters written after a host crash lost the record
+            return None
+        return JobRecord.from_hash(job_id, _text(raw))
 
     def update_job(self, job_id: str, **fields: Any) -> None:
         now = fields["updated_at"] = time.time()

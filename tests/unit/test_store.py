@@ -41,6 +41,20 @@ def test_create_job_is_idempotent(store: Store) -> None:
     assert [j.job_id for j in store.jobs("d", "a")] == ["j1"]
 
 
+def test_a_lost_job_is_unknown_and_can_be_enqueued_again(store: Store) -> None:
+    """A host crash can lose a job's record; a worker still running it may then write counters
+    into a fresh hash. That remnant is no job, and enqueueing the same job id records it anew."""
+    spec = new_job(store)
+    store.r.delete(store.keys.job("j1"), store.keys.job_spec("j1"))
+    store.count("j1", {"rows_read": 5})
+    store.update_job("j1", phase="staging")
+    assert store.job("j1") is None
+    assert store.create_job(spec)
+    job = store.job("j1")
+    assert job is not None and job.status == JobStatus.QUEUED and job.phase == "queued"
+    assert job.counts == {}
+
+
 def test_commit_updates_ledger_once_and_counts(store: Store) -> None:
     new_job(store)
     data = ids(10)
