@@ -108,36 +108,39 @@ def deliver(rt: Runtime, batch_id: str, policy: RetryPolicy | None = None) -> St
     """Send one pending batch (after a slot from the shared limiter) and act on the answer."""
     store = rt.store
     policy = policy or RetryPolicy.from_settings(rt.settings)
-    batch = store.batch(batch_id)
+    # Reads in three round trips (the batch, its spec and ids; the destination and link; the
+    # lease, progress mark and learned row limit): per batch, Redis calls are the main cost.
+    batch, spec, data = store.delivery_inputs(batch_id, batch_id.rsplit("-", 1)[0])
     if batch is None or batch.state != BatchState.PENDING:
         return Step()  # redelivered after it finished: nothing to do
     structlog.contextvars.bind_contextvars(job_id=batch.job_id, batch_id=batch_id)
-    spec = store.job_spec(batch.job_id)
     if spec is None:
         return Step()
-    dest = store.destination(spec.destination_id)
-    link = store.link(spec.destination_id, spec.audience_id)
+    dest, link = store.destination_and_link(spec.destination_id, spec.audience_id)
     if dest is None or link is None:
         store.update_batch(batch_id, last_message="destination or audience link removed")
         return _finish(rt, batch, BatchState.FAILED)
     if dest.status == "auth_failed":
         return _park(rt, batch)
-    data = store.batch_data(batch_id)
     if data is None:
         store.update_batch(batch_id, last_message="batch data missing")
         return _finish(rt, batch, BatchState.FAILED)
+    limit_key = store.keys.rate(rt.settings.tiktok_app_id or "app", dest.advertiser_id)
     # The audience lock covers sending: renew it (or take a lapsed one back). If another job has
     # the audience, its diff did not count this batch: sending it now could undo that job's work.
-    if not locks(rt).renew(spec.destination_id, spec.audience_id, batch.job_id):
+    # `active_at` is progress, for the reconciler.
+    pipe = store.r.pipeline(transaction=False)
+    locks(rt).renew(spec.destination_id, spec.audience_id, batch.job_id, client=pipe)
+    pipe.hset(store.keys.job(batch.job_id), "active_at", time.time())
+    pipe.get(rt.limiter.row_limit_key(limit_key))
+    renewed, _, raw_rows = pipe.execute()
+    if not renewed:
         store.update_batch(batch_id, last_message="not sent: another refresh holds the audience")
         return _finish(rt, batch, BatchState.FAILED)
-    # Progress, for the reconciler.
-    store.r.hset(store.keys.job(batch.job_id), "active_at", time.time())
 
-    limit_key = store.keys.rate(rt.settings.tiktok_app_id or "app", dest.advertiser_id)
     rate = dest.rate_per_second or rt.settings.rate_limit_per_second
     attempt = Attempt(rt, policy, batch, spec, dest, link, limit_key, rate)
-    row_limit = rt.limiter.row_limit(limit_key)
+    row_limit = rt.limiter.parse_row_limit(raw_rows)
     if row_limit is not None and 1 < row_limit <= batch.size:
         return _split(attempt, "row_limit", None)
 
@@ -184,12 +187,18 @@ def deliver(rt: Runtime, batch_id: str, policy: RetryPolicy | None = None) -> St
 
 # -- answer classes ------------------------------------------------------------------------------
 def _succeeded(a: Attempt, answer: Answer, data: bytes) -> Step:
-    record_answer(a.store, answer.code, answer.http_status, AnswerClass.OK)
     if answer.code == 20001:
         log.warning("batch_partial_ok", request_id=answer.request_id, message=answer.message)
+    pipe = a.store.r.pipeline(transaction=False)  # the answer's count and record: one trip
+    record_answer(a.store, answer.code, answer.http_status, AnswerClass.OK, client=pipe)
     a.store.update_batch(
-        a.batch.batch_id, last_code=answer.code or 0, last_message="", request_id=answer.request_id
+        a.batch.batch_id,
+        client=pipe,
+        last_code=answer.code or 0,
+        last_message="",
+        request_id=answer.request_id,
     )
+    pipe.execute()
     result = a.store.commit_batch(
         a.batch,
         a.spec.destination_id,

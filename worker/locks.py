@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 import uuid
+from typing import Any
 
 import redis
 
@@ -133,10 +134,11 @@ class AudienceLocks:
         )
         return LockResult(result.decode() if isinstance(result, bytes) else result)
 
-    def renew(self, dest: str, audience: str, job_id: str) -> bool:
-        """Extend the lease, or take a lapsed lock back; False when another job has the audience."""
+    def renew(self, dest: str, audience: str, job_id: str, client: Any = None) -> bool:
+        """Extend the lease, or take a lapsed lock back; False when another job has the audience.
+        With a pipeline as `client` the answer is that pipeline's, at its execute()."""
         keys = [self.keys.lock(dest, audience), self._owner(dest, audience)]
-        return bool(self._renew(keys=keys, args=[job_id, self.lease_ms]))
+        return bool(self._renew(keys=keys, args=[job_id, self.lease_ms], client=client))
 
     def release(self, dest: str, audience: str, job_id: str) -> bool:
         keys = [self.keys.lock(dest, audience), self._owner(dest, audience)]

@@ -189,11 +189,14 @@ def answer_label(code: int | None, http_status: int | None, answer_class: str) -
     return f"{label}|{answer_class}"
 
 
-def record_answer(store: Any, code: int | None, http_status: int | None, answer_class: str) -> None:
-    """Count one TikTok mapping answer. Never raises: metrics are best effort."""
+def record_answer(
+    store: Any, code: int | None, http_status: int | None, answer_class: str, client: Any = None
+) -> None:
+    """Count one TikTok mapping answer. Never raises: metrics are best effort. With a pipeline
+    as `client` the count goes out with that pipeline's commands."""
     label = answer_label(code, http_status, str(answer_class))
     with contextlib.suppress(redis.RedisError):
-        store.r.hincrby(MetricKeys(store.keys.prefix).answers, label, 1)
+        (client or store.r).hincrby(MetricKeys(store.keys.prefix).answers, label, 1)
 
 
 def mark_periodic(r: redis.Redis, prefix: str, task_name: str) -> None:

@@ -253,5 +253,12 @@ class RateLimiter:
 
     def row_limit(self, key: str) -> int | None:
         """Batches of this many rows or more were refused lately: split them before sending."""
-        raw = self.r.get(key + ":rows")
+        return self.parse_row_limit(self.r.get(self.row_limit_key(key)))
+
+    @staticmethod
+    def row_limit_key(key: str) -> str:
+        return key + ":rows"
+
+    @staticmethod
+    def parse_row_limit(raw: bytes | None) -> int | None:
         return int(raw) if raw else None

@@ -454,11 +454,39 @@ class Store:
                 if raw:
                     yield BatchRecord.from_hash(_text(raw))
 
+    def delivery_inputs(
+        self, batch_id: str, job_id: str
+    ) -> tuple[BatchRecord | None, JobSpec | None, bytes | None]:
+        """A batch, its job's spec and its ids, in one round trip (the job id is the batch id's
+        prefix; a batch of another job comes back with spec None)."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hgetall(self.keys.batch(batch_id))
+        pipe.get(self.keys.job_spec(job_id))
+        pipe.get(self.keys.batch_data(batch_id))
+        raw_batch, raw_spec, data = pipe.execute()
+        batch = BatchRecord.from_hash(_text(raw_batch)) if raw_batch else None
+        spec = JobSpec.model_validate_json(raw_spec) if raw_spec else None
+        if batch is not None and batch.job_id != job_id:
+            spec = self.job_spec(batch.job_id)
+        return batch, spec, data
+
+    def destination_and_link(
+        self, dest_id: str, audience_id: str
+    ) -> tuple[Destination | None, AudienceLink | None]:
+        """Both records in one round trip."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hget(self.keys.destination(dest_id), "record")
+        pipe.get(self.keys.link(dest_id, audience_id))
+        raw_dest, raw_link = pipe.execute()
+        dest = Destination.model_validate_json(raw_dest) if raw_dest else None
+        link = AudienceLink.model_validate_json(raw_link) if raw_link else None
+        return dest, link
+
     def batch_data(self, batch_id: str) -> bytes | None:
         return self.r.get(self.keys.batch_data(batch_id))
 
-    def update_batch(self, batch_id: str, **fields: Any) -> None:
-        self.r.hset(
+    def update_batch(self, batch_id: str, client: Any = None, **fields: Any) -> None:
+        (client or self.r).hset(
             self.keys.batch(batch_id),
             mapping={k: "" if v is None else str(v) for k, v in fields.items()},
         )
