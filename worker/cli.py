@@ -50,6 +50,20 @@ def _setup() -> None:
 
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+# Options several commands share (here and in cli_admin): one definition each.
+DestinationOpt = Annotated[str, typer.Option(help="Destination id")]
+ScheduleMembersOpt = Annotated[
+    str | None, typer.Option(help="Members URI for scheduled refreshes (strftime template)")
+]
+EveryOpt = Annotated[
+    str | None, typer.Option(help="Scheduled refresh every N seconds, or 30m, 6h, 1d")
+]
+JobIdOpt = Annotated[str | None, typer.Option(help="Idempotency key: the same id twice is one job")]
+WaitOpt = Annotated[
+    bool, typer.Option(help="Show progress; exit non-zero unless the job succeeded")
+]
+DryRunOpt = Annotated[bool, typer.Option(help="Report adds/removes, send nothing")]
+TimeoutOpt = Annotated[float, typer.Option(help="With --wait: give up after this many seconds")]
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -182,17 +196,13 @@ def destination_remove(destination_id: str) -> None:
 @audience_cli.command("link")
 def audience_link(
     audience_id: str,
-    destination: Annotated[str, typer.Option(help="Destination id")],
+    destination: DestinationOpt,
     tiktok_audience_id: Annotated[
         str | None, typer.Option(help="Use this TikTok audience (default: create one)")
     ] = None,
     name: Annotated[str | None, typer.Option(help="Name of the TikTok audience to create")] = None,
-    members: Annotated[
-        str | None, typer.Option(help="Members URI for scheduled refreshes (strftime template)")
-    ] = None,
-    every: Annotated[
-        str | None, typer.Option(help="Scheduled refresh every N seconds, or 30m, 6h, 1d")
-    ] = None,
+    members: ScheduleMembersOpt = None,
+    every: EveryOpt = None,
     id_extension: Annotated[
         bool, typer.Option(help="Add identity-graph identifiers (`idgraph load`)")
     ] = False,
@@ -312,27 +322,21 @@ def _progress(job_id: str, timeout: float) -> JobRecord:
 @cli.command()
 def refresh(
     audience_id: str,
-    destination: Annotated[str, typer.Option(help="Destination id")],
+    destination: DestinationOpt,
     members: Annotated[
         str, typer.Option(help="Snapshot: path, file:// or http(s):// URI (.gz ok)")
     ],
     format: Annotated[
         str | None, typer.Option(help="csv or ndjson (default: from the name)")
     ] = None,
-    job_id: Annotated[
-        str | None, typer.Option(help="Idempotency key: the same id twice is one job")
-    ] = None,
-    wait: Annotated[
-        bool, typer.Option(help="Show progress; exit non-zero unless the job succeeded")
-    ] = False,
-    dry_run: Annotated[bool, typer.Option(help="Report adds/removes, send nothing")] = False,
+    job_id: JobIdOpt = None,
+    wait: WaitOpt = False,
+    dry_run: DryRunOpt = False,
     resync: Annotated[
         bool, typer.Option(help="Send every member again, whatever the ledger says")
     ] = False,
     allow_mass_delete: Annotated[bool, typer.Option(help="Skip the mass-delete guard")] = False,
-    timeout: Annotated[
-        float, typer.Option(help="With --wait: give up after this many seconds")
-    ] = 3600,
+    timeout: TimeoutOpt = 3600,
 ) -> None:
     """Enqueue a refresh of one audience from a members snapshot; prints the job id."""
     _enqueue(

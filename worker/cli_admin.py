@@ -15,7 +15,14 @@ from rich.table import Table
 
 from worker import api
 from worker.cli import (
+    DestinationOpt,
+    DryRunOpt,
+    EveryOpt,
+    JobIdOpt,
     JsonOpt,
+    ScheduleMembersOpt,
+    TimeoutOpt,
+    WaitOpt,
     _enqueue,
     _fail,
     _guard,
@@ -134,13 +141,9 @@ def destination_update(
 @audience_cli.command("update")
 def audience_update(
     audience_id: str,
-    destination: Annotated[str, typer.Option(help="Destination id")],
-    members: Annotated[
-        str | None, typer.Option(help="Members URI for scheduled refreshes (strftime template)")
-    ] = None,
-    every: Annotated[
-        str | None, typer.Option(help="Scheduled refresh every N seconds, or 30m, 6h, 1d")
-    ] = None,
+    destination: DestinationOpt,
+    members: ScheduleMembersOpt = None,
+    every: EveryOpt = None,
     no_schedule: Annotated[
         bool, typer.Option("--no-schedule", help="Stop scheduled refreshes")
     ] = False,
@@ -251,9 +254,7 @@ def suppress(
         str, typer.Option(help="Why (kept in the audit trail), e.g. a request id")
     ] = "",
     wait: Annotated[bool, typer.Option(help="Wait until the deletions are done")] = False,
-    timeout: Annotated[
-        float, typer.Option(help="With --wait: give up after this many seconds")
-    ] = 600,
+    timeout: TimeoutOpt = 600,
     json_: JsonOpt = False,
 ) -> None:
     """Exclude identifiers from every audience, and delete them now wherever they were synced."""
@@ -394,19 +395,13 @@ def _delta_rows(path: str | None, counts: Counter, label: str) -> list[dict[str,
 @cli.command()
 def delta(
     audience_id: str,
-    destination: Annotated[str, typer.Option(help="Destination id")],
+    destination: DestinationOpt,
     add: Annotated[str | None, typer.Option(help="Members to add (CSV/NDJSON)")] = None,
     remove: Annotated[str | None, typer.Option(help="Members to remove (CSV/NDJSON)")] = None,
-    job_id: Annotated[
-        str | None, typer.Option(help="Idempotency key: the same id twice is one job")
-    ] = None,
-    dry_run: Annotated[bool, typer.Option(help="Report adds/removes, send nothing")] = False,
-    wait: Annotated[
-        bool, typer.Option(help="Show progress; exit non-zero unless the job succeeded")
-    ] = False,
-    timeout: Annotated[
-        float, typer.Option(help="With --wait: give up after this many seconds")
-    ] = 3600,
+    job_id: JobIdOpt = None,
+    dry_run: DryRunOpt = False,
+    wait: WaitOpt = False,
+    timeout: TimeoutOpt = 3600,
 ) -> None:
     """Enqueue a delta job: add and remove exactly the members named (the ledger stays exact)."""
     if add is None and remove is None:

@@ -520,15 +520,19 @@ def _refresh(rt: Runtime, spec: JobSpec, job: Any, run: str) -> Step:
         except SourceError as error:
             _source_failed(rt, spec, error)
             return Step()
-        store.update_job(job_id, phase="staged", **counts)
-        log.info(
-            "refresh_staged",
-            rows=counts["rows_read"],
-            valid=counts["members_valid"],
-            rejected=counts["rows_rejected"],
-            excluded=counts["members_excluded"],
-        )
+        _staged(rt, job_id, counts)
     return diff_and_plan(rt, spec, run)
+
+
+def _staged(rt: Runtime, job_id: str, counts: Counter) -> None:
+    rt.store.update_job(job_id, phase="staged", **counts)
+    log.info(
+        "refresh_staged",
+        rows=counts["rows_read"],
+        valid=counts["members_valid"],
+        rejected=counts["rows_rejected"],
+        excluded=counts["members_excluded"],
+    )
 
 
 def _split(rt: Runtime, spec: JobSpec) -> list[tuple[int, int]] | None:
@@ -641,14 +645,7 @@ def plan_after_parts(rt: Runtime, job_id: str) -> Step:
             counts: Counter = Counter()
             for raw in store.r.hvals(_parts_key(rt, job_id)):
                 counts.update(json.loads(raw))
-            store.update_job(job_id, phase="staged", **counts)
-            log.info(
-                "refresh_staged",
-                rows=counts["rows_read"],
-                valid=counts["members_valid"],
-                rejected=counts["rows_rejected"],
-                excluded=counts["members_excluded"],
-            )
+            _staged(rt, job_id, counts)
         elif job.phase != "staged":
             return Step()
         return diff_and_plan(rt, spec, run)
