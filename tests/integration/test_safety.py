@@ -482,6 +482,17 @@ def own_workers(
         app.close()
 
 
+def sending_job(
+    local: Runtime, app: Celery, env: dict[str, str], log_path: Path, prefix: str
+) -> tuple[WorkerProcess, list[dict[str, Any]], str]:
+    """A prefork worker started, 6000 members enqueued, returned once batches are going out."""
+    worker = WorkerProcess(env, pool="prefork", concurrency=2, log_path=log_path).start()
+    members = emails(6000, prefix)
+    job_id = api.enqueue_refresh(DEST, AUD, inline=members, rt=local, app=app)
+    wait_sending(local, job_id)
+    return worker, members, job_id
+
+
 def wait_sending(rt: Runtime, job_id: str, batches: int = 2) -> None:
     def sending() -> bool:
         job = rt.store.job(job_id)
@@ -505,12 +516,7 @@ def test_a_job_whose_worker_was_killed_is_finished_by_another_worker(
         env,
     ):
         tiktok_id = link(local)
-        first = WorkerProcess(
-            env, pool="prefork", concurrency=2, log_path=tmp_path / "w1.log"
-        ).start()
-        members = emails(6000, "kill")
-        job_id = api.enqueue_refresh(DEST, AUD, inline=members, rt=local, app=app)
-        wait_sending(local, job_id)
+        first, members, job_id = sending_job(local, app, env, tmp_path / "w1.log", "kill")
         first.kill()
         fresh = WorkerProcess(
             env, pool="prefork", concurrency=2, log_path=tmp_path / "w2.log"
@@ -542,12 +548,7 @@ def test_a_worker_outlives_a_redis_crash_and_the_job_ends_exact(
     try:
         with own_workers(server, emulator, tmp_path, beat=True) as (local, app, env):
             tiktok_id = link(local)
-            worker = WorkerProcess(
-                env, pool="prefork", concurrency=2, log_path=tmp_path / "worker.log"
-            ).start()
-            members = emails(6000, "crash")
-            job_id = api.enqueue_refresh(DEST, AUD, inline=members, rt=local, app=app)
-            wait_sending(local, job_id)
+            worker, members, job_id = sending_job(local, app, env, tmp_path / "worker.log", "crash")
             assert server.proc is not None  # SIGKILL: no acknowledged write is lost (AOF)
             server.proc.kill()
             server.proc.wait(10)
