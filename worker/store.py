@@ -128,7 +128,7 @@ redis.call('HINCRBY', KEYS[2], 'batches_finished', 1)
 return 1
 """
 
-# Parked batches back to pending (resume after a token fix). KEYS: job, batch keys...
+# A job leaves the active index only if it is at rest (or gone) at that instant.
 # KEYS: job record, active index. ARGV: job id, then the at-rest statuses.
 _DEACTIVATE = """
 local status = redis.call('HGET', KEYS[1], 'status')
@@ -140,6 +140,7 @@ if rest then return redis.call('ZREM', KEYS[2], ARGV[1]) end
 return 0
 """
 
+# Parked batches back to pending (resume after a token fix). KEYS: job, batch keys...
 _UNPARK = """
 local n = 0
 for k = 2, #KEYS do
