@@ -493,10 +493,12 @@ class Store:
         )
 
     def incr_batch(self, batch_id: str, field: str, amount: float = 1) -> None:
-        if isinstance(amount, float) and not amount.is_integer():
+        """Add to a counter of the batch: an int counter with an int, a float one with a float
+        (always HINCRBYFLOAT: a whole float such as 0.0 must not meet HINCRBY on "0.012")."""
+        if isinstance(amount, float):
             self.r.hincrbyfloat(self.keys.batch(batch_id), field, amount)
         else:
-            self.r.hincrby(self.keys.batch(batch_id), field, int(amount))
+            self.r.hincrby(self.keys.batch(batch_id), field, amount)
 
     def commit_batch(
         self,

@@ -55,6 +55,18 @@ def test_a_lost_job_is_unknown_and_can_be_enqueued_again(store: Store) -> None:
     assert job.counts == {}
 
 
+def test_float_counters_take_whole_floats(store: Store) -> None:
+    """Seconds spent rate-limited are floats; one that rounds to 0.0 or 1.0 once made HINCRBY
+    fail on the stored "0.012" ("hash value is not an integer") and dropped the batch's task."""
+    for seconds in (0.012, 0.0, 1.0, 0.5):
+        store.incr_batch("j1-00001", "rate_limited_seconds", seconds)
+    store.incr_batch("j1-00001", "rate_limited", 1)
+    store.incr_batch("j1-00001", "rate_limited", 2)
+    raw = store.r.hgetall(store.keys.batch("j1-00001"))
+    assert float(raw[b"rate_limited_seconds"]) == pytest.approx(1.512)
+    assert raw[b"rate_limited"] == b"3"
+
+
 def test_commit_updates_ledger_once_and_counts(store: Store) -> None:
     new_job(store)
     data = ids(10)
