@@ -10,6 +10,7 @@ import structlog
 from celery import Task
 
 from worker import flower, metrics
+from worker.keys import job_of_batch
 from worker.pipeline import Step
 from worker.runtime import runtime
 
@@ -27,7 +28,7 @@ def subject_ids(task_name: str, args: Any) -> tuple[str | None, str | None]:
     if task_name in BEAT_TASKS or not args or not isinstance(args[0], str):
         return None, None
     if task_name in BATCH_TASKS:
-        return args[0].rsplit("-", 1)[0], args[0]
+        return job_of_batch(args[0]), args[0]
     return args[0], None
 
 

@@ -110,7 +110,7 @@ def deliver(rt: Runtime, batch_id: str, policy: RetryPolicy | None = None) -> St
     policy = policy or RetryPolicy.from_settings(rt.settings)
     # Reads in three round trips (the batch, its spec and ids; the destination and link; the
     # lease, progress mark and learned row limit): per batch, Redis calls are the main cost.
-    batch, spec, data = store.delivery_inputs(batch_id, batch_id.rsplit("-", 1)[0])
+    batch, spec, data = store.delivery_inputs(batch_id)
     if batch is None or batch.state != BatchState.PENDING:
         return Step()  # redelivered after it finished: nothing to do
     structlog.contextvars.bind_contextvars(job_id=batch.job_id, batch_id=batch_id)

@@ -21,6 +21,11 @@ def check_id(kind: str, value: str) -> str:
     return value
 
 
+def job_of_batch(batch_id: str) -> str:
+    """The job a batch belongs to: batch ids are `<job id>-<number>[p<plan>][.<half>...]`."""
+    return batch_id.rsplit("-", 1)[0]
+
+
 @dataclass(frozen=True, slots=True)
 class Keys:
     prefix: str

@@ -10,13 +10,14 @@ import functools
 import json
 import time
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
+from pydantic import BaseModel
 
 from config.settings import Settings, get_settings
-from worker.keys import Keys
+from worker.keys import Keys, job_of_batch
 from worker.models import (
     AT_REST,
     AudienceLink,
@@ -28,6 +29,8 @@ from worker.models import (
     JobStatus,
 )
 from worker.secrets import TokenBox
+
+M = TypeVar("M", bound=BaseModel)
 
 DIGEST = 32  # bytes per stored id (binary SHA-256)
 PAGE = 1000  # commands per pipeline when going over every batch of a job
@@ -58,6 +61,15 @@ def redact_uri(uri: str | None) -> str:
 
 def _text(raw: dict[bytes, bytes]) -> dict[str, str]:
     return {k.decode(): v.decode() for k, v in raw.items()}
+
+
+def _model(cls: type[M], raw: bytes | None) -> M | None:
+    """A record stored as JSON, or None when the key is missing."""
+    return cls.model_validate_json(raw) if raw else None
+
+
+def _batch_from(raw: dict[bytes, bytes]) -> BatchRecord | None:
+    return BatchRecord.from_hash(_text(raw)) if raw else None
 
 
 # Batch finished: only from pending; bumps the job's counters; returns {finished, total}.
@@ -194,8 +206,7 @@ class Store:
         self.r.sadd(self.keys.destinations, dest.id)
 
     def destination(self, dest_id: str) -> Destination | None:
-        raw = self.r.hget(self.keys.destination(dest_id), "record")
-        return Destination.model_validate_json(raw) if raw else None
+        return _model(Destination, self.r.hget(self.keys.destination(dest_id), "record"))
 
     def require_destination(self, dest_id: str) -> Destination:
         dest = self.destination(dest_id)
@@ -241,8 +252,7 @@ class Store:
         self.r.sadd(self.keys.links, f"{link.destination_id}|{link.audience_id}")
 
     def link(self, dest_id: str, audience_id: str) -> AudienceLink | None:
-        raw = self.r.get(self.keys.link(dest_id, audience_id))
-        return AudienceLink.model_validate_json(raw) if raw else None
+        return _model(AudienceLink, self.r.get(self.keys.link(dest_id, audience_id)))
 
     def links(self, dest_id: str | None = None) -> list[AudienceLink]:
         out = []
@@ -306,8 +316,7 @@ class Store:
         return True
 
     def job_spec(self, job_id: str) -> JobSpec | None:
-        raw = self.r.get(self.keys.job_spec(job_id))
-        return JobSpec.model_validate_json(raw) if raw else None
+        return _model(JobSpec, self.r.get(self.keys.job_spec(job_id)))
 
     def job(self, job_id: str) -> JobRecord | None:
         raw = self.r.hgetall(self.keys.job(job_id))
@@ -438,8 +447,7 @@ class Store:
         return [b.decode() for b in self.r.lrange(self.keys.job_batches(job_id), 0, -1)]
 
     def batch(self, batch_id: str) -> BatchRecord | None:
-        raw = self.r.hgetall(self.keys.batch(batch_id))
-        return BatchRecord.from_hash(_text(raw)) if raw else None
+        return _batch_from(self.r.hgetall(self.keys.batch(batch_id)))
 
     def batches(self, job_id: str) -> list[BatchRecord]:
         return list(self.iter_batches(job_id))
@@ -456,20 +464,15 @@ class Store:
                     yield BatchRecord.from_hash(_text(raw))
 
     def delivery_inputs(
-        self, batch_id: str, job_id: str
+        self, batch_id: str
     ) -> tuple[BatchRecord | None, JobSpec | None, bytes | None]:
-        """A batch, its job's spec and its ids, in one round trip (the job id is the batch id's
-        prefix; a batch of another job comes back with spec None)."""
+        """A batch, its job's spec and its ids, in one round trip."""
         pipe = self.r.pipeline(transaction=False)
         pipe.hgetall(self.keys.batch(batch_id))
-        pipe.get(self.keys.job_spec(job_id))
+        pipe.get(self.keys.job_spec(job_of_batch(batch_id)))
         pipe.get(self.keys.batch_data(batch_id))
         raw_batch, raw_spec, data = pipe.execute()
-        batch = BatchRecord.from_hash(_text(raw_batch)) if raw_batch else None
-        spec = JobSpec.model_validate_json(raw_spec) if raw_spec else None
-        if batch is not None and batch.job_id != job_id:
-            spec = self.job_spec(batch.job_id)
-        return batch, spec, data
+        return _batch_from(raw_batch), _model(JobSpec, raw_spec), data
 
     def destination_and_link(
         self, dest_id: str, audience_id: str
@@ -479,9 +482,7 @@ class Store:
         pipe.hget(self.keys.destination(dest_id), "record")
         pipe.get(self.keys.link(dest_id, audience_id))
         raw_dest, raw_link = pipe.execute()
-        dest = Destination.model_validate_json(raw_dest) if raw_dest else None
-        link = AudienceLink.model_validate_json(raw_link) if raw_link else None
-        return dest, link
+        return _model(Destination, raw_dest), _model(AudienceLink, raw_link)
 
     def batch_data(self, batch_id: str) -> bytes | None:
         return self.r.get(self.keys.batch_data(batch_id))
